@@ -3,8 +3,15 @@
 //!
 //! Pure code: no I/O, no kernel. The agent feeds it parsed HTTP exchanges.
 
+pub mod classify;
+pub mod host;
+pub mod model;
+pub mod params;
 pub mod response;
 pub mod sigv4;
+pub mod tables;
+
+pub use classify::{AwsCall, classify};
 
 /// One HTTP request as the classifier sees it.
 #[derive(Clone, Copy, Debug)]

@@ -75,8 +75,14 @@ fn json_code(body: &[u8]) -> Option<String> {
 }
 
 fn trim_ascii(b: &[u8]) -> &[u8] {
-    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
-    let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
     &b[start..end]
 }
 
@@ -89,16 +95,25 @@ mod tests {
         let body = b"<?xml version=\"1.0\"?>\n<Error><Code>NoSuchBucket</Code><Message>x</Message></Error>";
         assert_eq!(error_code(404, &[], body).as_deref(), Some("NoSuchBucket"));
         let ec2 = b"<Response><Errors><Error><Code>InvalidInstanceID.NotFound</Code></Error></Errors><RequestID>r-1</RequestID></Response>";
-        assert_eq!(error_code(400, &[], ec2).as_deref(), Some("InvalidInstanceID.NotFound"));
+        assert_eq!(
+            error_code(400, &[], ec2).as_deref(),
+            Some("InvalidInstanceID.NotFound")
+        );
         assert_eq!(body_request_id(ec2).as_deref(), Some("r-1"));
     }
 
     #[test]
     fn json_error() {
         let body = br#"{"__type":"com.amazonaws.dynamodb.v20120810#ResourceNotFoundException","message":"x"}"#;
-        assert_eq!(error_code(400, &[], body).as_deref(), Some("ResourceNotFoundException"));
+        assert_eq!(
+            error_code(400, &[], body).as_deref(),
+            Some("ResourceNotFoundException")
+        );
         let h: &[(&str, &[u8])] = &[("X-Amzn-ErrorType", b"AccessDeniedException:http://internal")];
-        assert_eq!(error_code(403, h, b"{}").as_deref(), Some("AccessDeniedException"));
+        assert_eq!(
+            error_code(403, h, b"{}").as_deref(),
+            Some("AccessDeniedException")
+        );
     }
 
     #[test]

@@ -185,7 +185,13 @@ mod tests {
         assert!(parse_authorization(b"AWS AKID:sig").is_none());
         assert!(parse_authorization(b"AWS4-HMAC-SHA256 Credential=a/b").is_none());
         assert!(parse_authorization(&[0xff, 0xfe, b' ', b'x']).is_none());
-        assert!(parse(&req("/?X-Amz-Credential=a%2F20261125%2Fr%2Fs%2Faws4_request", &[])).is_none());
+        assert!(
+            parse(&req(
+                "/?X-Amz-Credential=a%2F20261125%2Fr%2Fs%2Faws4_request",
+                &[]
+            ))
+            .is_none()
+        );
     }
 
     #[test]
