@@ -351,6 +351,26 @@ fn form_body<'r>(req: &HttpRequest<'r>) -> Option<&'r str> {
     }
 }
 
+/// Where a greedy label sits in the request segments: `Some(Some((start, len)))`;
+/// `Some(None)` for a route without one; None when the segment counts cannot match.
+fn greedy_span(r: &Route, segs: &[&str]) -> Option<Option<(usize, usize)>> {
+    match r.segs.iter().position(|s| matches!(s, Seg::Greedy(_))) {
+        Some(g) => {
+            let len = (segs.len() + 1).checked_sub(r.segs.len())?;
+            (len >= 1).then_some(Some((g, len)))
+        }
+        None => (segs.len() == r.segs.len()).then_some(None),
+    }
+}
+
+/// Request segment index of template segment `i` (segments after a greedy label shift).
+fn seg_index(i: usize, span: Option<(usize, usize)>) -> usize {
+    match span {
+        Some((g, len)) if i > g => i + len - 1,
+        _ => i,
+    }
+}
+
 /// Score of a route against a request, or None if it does not match. Literal segments beat
 /// labels beat greedy labels; literal query discriminators (`?tagging`, `?list-type=2`) and
 /// required query/header members present count more.
@@ -361,37 +381,34 @@ fn match_route(
     q: &[(&str, &str)],
     req: &HttpRequest<'_>,
 ) -> Option<i32> {
-    let greedy = matches!(r.segs.last(), Some(Seg::Greedy(_)));
-    if greedy {
-        if segs.len() < r.segs.len() {
-            return None;
-        }
-    } else if segs.len() != r.segs.len() {
-        return None;
-    }
+    let span = greedy_span(r, segs)?;
     let mut score = 0i32;
     for (i, s) in r.segs.iter().enumerate() {
-        let got = segs.get(i)?;
         match s {
             Seg::Lit(l) => {
-                if got != l {
+                if segs.get(seg_index(i, span))? != l {
                     return None;
                 }
                 score += 3;
             }
             Seg::Label(_) => {
-                if got.is_empty() {
+                if segs.get(seg_index(i, span))?.is_empty() {
                     return None;
                 }
                 score += 2;
             }
             Seg::Greedy(_) => {
-                if segs.get(i..)?.iter().all(|s| s.is_empty()) {
+                let (start, len) = span?;
+                if segs.get(start..start + len)?.iter().all(|s| s.is_empty()) {
                     return None;
                 }
                 score += 1;
             }
         }
+    }
+    let slash = req.path().len() > 1 && req.path().ends_with('/');
+    if slash == r.trailing_slash {
+        score += 1;
     }
     let lookup = |k: &str| q.iter().find(|(qk, _)| *qk == k).map(|(_, v)| *v);
     for (k, v) in &r.query {
@@ -453,13 +470,21 @@ fn collect_params<'r>(
         "rest-json" | "rest-xml" => {
             if let Some((route, path)) = &hit.route {
                 let segs = segments(path);
+                let span = greedy_span(route, &segs).flatten();
                 for (i, s) in route.segs.iter().enumerate() {
                     let (label, raw) = match s {
                         Seg::Lit(_) => continue,
-                        Seg::Label(l) => (l, segs.get(i).copied().unwrap_or("")),
+                        Seg::Label(l) => (l, segs.get(seg_index(i, span)).copied().unwrap_or("")),
                         Seg::Greedy(l) => {
-                            let start = segs.get(i).map_or(path.len(), |s| offset_in(path, s));
-                            (l, path.get(start..).unwrap_or(""))
+                            let (start, len) = span.unwrap_or((i, 1));
+                            let from = segs.get(start).map_or(path.len(), |s| offset_in(path, s));
+                            // Up to the end of the last covered segment; to the end of the
+                            // path (keeping a trailing slash) when the label is last.
+                            let to = match segs.get(start + len) {
+                                Some(next) => offset_in(path, next).saturating_sub(1),
+                                None => path.len(),
+                            };
+                            (l, path.get(from..to).unwrap_or(""))
                         }
                     };
                     let member = op.label_member(label);

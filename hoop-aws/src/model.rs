@@ -52,6 +52,8 @@ pub struct Route {
     pub segs: Vec<Seg>,
     /// Literal query discriminators from the template: key and optional value.
     pub query: Vec<(String, Option<String>)>,
+    /// The template path ends with `/` (some services differ only by that).
+    pub trailing_slash: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -228,6 +230,7 @@ impl Model {
             for (j, op) in svc.operations.iter().enumerate() {
                 svc.op_index.insert(op.name.clone(), j as u32);
                 let (segs, query) = parse_template(&op.uri);
+                let path = op.uri.split('?').next().unwrap_or("");
                 svc.routes
                     .entry(op.method.clone())
                     .or_default()
@@ -235,6 +238,7 @@ impl Model {
                         op: j as u32,
                         segs,
                         query,
+                        trailing_slash: path.len() > 1 && path.ends_with('/'),
                     });
             }
             m.by_name.insert(svc.name.clone(), i);
