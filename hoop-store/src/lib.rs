@@ -1,1 +1,34 @@
-//! hoop-store
+//! hoop's audit store: an append-only event log in sled with per-field index trees, masking
+//! before storage, a SHA-256 hash chain for tamper evidence, and the reviewer-facing queries,
+//! reports, policies and dumps built on it.
+//!
+//! Layout of a data directory:
+//! - `HOOP-STORE`: format marker; a directory without it is never touched.
+//! - `sled/`: the sled database (trees `log`, `meta`, `batches`, `idx:<field>`).
+//!
+//! Writers call [`Store::open`], [`Store::append`] (after [`Masker::apply`]), and
+//! [`Store::close`]; readers use [`Store::open_read_only`] and the `run_*` functions in [`cli`].
+
+pub mod chain;
+pub mod cli;
+pub mod dump;
+pub mod filter;
+mod index;
+pub mod mask;
+pub mod query;
+pub mod report;
+mod store;
+#[doc(hidden)]
+pub mod testgen;
+pub mod timefmt;
+
+pub use chain::{VerifyError, VerifyReport};
+pub use cli::{
+    DumpArgs, PolicyArgs, QueryArgs, ReplayArgs, ReportArgs, VerifyArgs, run_dump, run_policy,
+    run_query, run_replay, run_report, run_verify,
+};
+pub use dump::{CloudTrailOptions, RotatingDumper, dump_rotating};
+pub use filter::Filter;
+pub use mask::{MaskConfig, MaskRule, Masker};
+pub use query::{Session, query, replay};
+pub use store::{RetentionStats, Stats, Store, StoreConfig, StoreError, StoredEvent};

@@ -1,0 +1,184 @@
+//! Tamper evidence. Every stored value is `[format 1][prev hash 32][hash 32][record JSON]`
+//! with `hash = SHA-256(prev || JSON)`: the JSON bytes as stored are the canonical bytes, so
+//! verification never depends on re-serialising. The first event after retention is anchored
+//! by the `anchor` hash kept in the meta tree; the last by the recorded head.
+
+use crate::index::{key_seq, key_time};
+use crate::timefmt::rfc3339;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+pub const VALUE_FORMAT: u8 = 1;
+pub const HEADER_LEN: usize = 1 + 32 + 32;
+pub type Hash = [u8; 32];
+
+pub fn hash(prev: &Hash, body: &[u8]) -> Hash {
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(body);
+    h.finalize().into()
+}
+
+pub fn encode(prev: &Hash, body: &[u8]) -> (Hash, Vec<u8>) {
+    let h = hash(prev, body);
+    let mut v = Vec::with_capacity(HEADER_LEN + body.len());
+    v.push(VALUE_FORMAT);
+    v.extend_from_slice(prev);
+    v.extend_from_slice(&h);
+    v.extend_from_slice(body);
+    (h, v)
+}
+
+/// A decoded stored value.
+pub struct Decoded<'a> {
+    pub prev: Hash,
+    pub hash: Hash,
+    pub body: &'a [u8],
+}
+
+pub fn decode(v: &[u8]) -> Option<Decoded<'_>> {
+    if v.len() < HEADER_LEN || v[0] != VALUE_FORMAT {
+        return None;
+    }
+    let prev: Hash = v[1..33].try_into().ok()?;
+    let hash: Hash = v[33..65].try_into().ok()?;
+    Some(Decoded {
+        prev,
+        hash,
+        body: &v[HEADER_LEN..],
+    })
+}
+
+/// How a link broke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BreakKind {
+    /// The record bytes no longer hash to the stored hash.
+    Modified,
+    /// The predecessor this event names is nowhere in the log: deleted (or rewritten).
+    Deleted,
+    /// The predecessor this event names, or the expected successor, appears elsewhere.
+    Reordered,
+    /// The stored value is not in hoop's format.
+    Malformed,
+    /// The log ends before the recorded head: events at the end were removed.
+    Truncated,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("chain broken at event #{position} (seq {seq}, {time}): {kind:?}: {detail}")]
+pub struct VerifyError {
+    /// 0-based position in the log (after retention).
+    pub position: u64,
+    pub seq: u64,
+    pub time: String,
+    pub kind: BreakKind,
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct VerifyReport {
+    pub events: u64,
+    pub head: String,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_broken: Option<VerifyError>,
+}
+
+/// Walk `(key, value)` pairs in log order starting from `anchor`. `expected_head` is the
+/// hash recorded as the chain head (to detect removal at the end).
+pub fn verify<I>(iter: I, anchor: Hash, expected_head: Option<Hash>) -> VerifyReport
+where
+    I: Iterator<Item = (Vec<u8>, Vec<u8>)>,
+{
+    let mut running = anchor;
+    let mut n = 0u64;
+    let mut iter = iter;
+    while let Some((k, v)) = iter.next() {
+        let at = |kind, detail: String| VerifyError {
+            position: n,
+            seq: key_seq(&k),
+            time: rfc3339(key_time(&k)),
+            kind,
+            detail,
+        };
+        let Some(d) = decode(&v) else {
+            return broken(
+                n,
+                running,
+                at(BreakKind::Malformed, "not a hoop event value".into()),
+            );
+        };
+        if d.prev != running {
+            // Look ahead: if the missing predecessor or the expected successor exists later,
+            // events were moved; otherwise the predecessor is gone.
+            let wanted_prev = d.prev;
+            let mut kind = BreakKind::Deleted;
+            for (_, v2) in iter.by_ref() {
+                if let Some(d2) = decode(&v2)
+                    && (d2.hash == wanted_prev || d2.prev == running)
+                {
+                    kind = BreakKind::Reordered;
+                    break;
+                }
+            }
+            let detail = match kind {
+                BreakKind::Reordered => {
+                    "its predecessor link points at an event stored elsewhere: events were reordered"
+                }
+                _ => {
+                    "the event it links to is missing: an event before it was deleted or rewritten"
+                }
+            };
+            return broken(n, running, at(kind, detail.into()));
+        }
+        if hash(&d.prev, d.body) != d.hash {
+            return broken(
+                n,
+                running,
+                at(
+                    BreakKind::Modified,
+                    "record bytes do not match their hash: the event was modified".into(),
+                ),
+            );
+        }
+        running = d.hash;
+        n += 1;
+    }
+    if let Some(h) = expected_head
+        && h != running
+        && n > 0
+    {
+        return VerifyReport {
+            events: n,
+            head: hex::encode(running),
+            ok: false,
+            first_broken: Some(VerifyError {
+                position: n,
+                seq: 0,
+                time: String::new(),
+                kind: BreakKind::Truncated,
+                detail: format!(
+                    "the log ends at hash {} but the recorded head is {}: events at the end were removed",
+                    hex::encode(running),
+                    hex::encode(h)
+                ),
+            }),
+        };
+    }
+    VerifyReport {
+        events: n,
+        head: hex::encode(running),
+        ok: true,
+        first_broken: None,
+    }
+}
+
+fn broken(n: u64, running: Hash, e: VerifyError) -> VerifyReport {
+    VerifyReport {
+        events: n,
+        head: hex::encode(running),
+        ok: false,
+        first_broken: Some(e),
+    }
+}

@@ -1,0 +1,1022 @@
+//! The sled-backed event store: batching, flushing, indexes, retention, crash repair.
+
+use crate::chain::{self, Hash};
+use crate::index::{self, FIELDS, Field, KEY_LEN, Key, key_seq, key_time, make_key, to_key};
+use hoop_event::CallRecord;
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Name of the marker file that makes a directory a hoop store.
+pub const MARKER: &str = "HOOP-STORE";
+/// On-disk format written by this version.
+pub const FORMAT: u32 = 1;
+const MARKER_PREFIX: &str = "hoop-store format ";
+
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Upper bound on how long an appended event stays only in memory (default 1 s).
+    pub flush_interval: Duration,
+    /// Pending events that trigger a write into sled before the interval (not an fsync).
+    pub max_batch: usize,
+    /// Remove events older than this (by ingest-ordered time).
+    pub max_age: Option<Duration>,
+    /// Keep the stored bytes (keys + values of the event log) at or below this.
+    pub max_bytes: Option<u64>,
+    /// How often the background thread applies retention.
+    pub retention_interval: Duration,
+    /// sled page cache size.
+    pub cache_bytes: u64,
+    /// Before opening read-write, open a copy first, so a corrupt directory is reported and
+    /// left untouched (sled rewrites files when it opens them).
+    pub validate_copy: bool,
+    /// Verify the whole chain at open (the unflushed tail is always verified).
+    pub verify_on_open: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            flush_interval: Duration::from_secs(1),
+            max_batch: 8192,
+            max_age: None,
+            max_bytes: None,
+            retention_interval: Duration::from_secs(60),
+            cache_bytes: 256 << 20,
+            validate_copy: true,
+            verify_on_open: false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "{0}: not a hoop store (no {MARKER} marker, and the directory is not empty); refusing to touch it"
+    )]
+    Foreign(PathBuf),
+    #[error("{0}: no hoop store here")]
+    Missing(PathBuf),
+    #[error("{path}: store format {found:?}, this hoop reads format {FORMAT}; nothing was changed")]
+    Version { path: PathBuf, found: String },
+    #[error("{path}: corrupt store: {detail}; its files were left as they are")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error(
+        "{0}: the store is in use by another process (a running agent?): query it through the agent's local API"
+    )]
+    Locked(PathBuf),
+    #[error("the store is open read-only")]
+    ReadOnly,
+    #[error("the store is closed")]
+    Closed,
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("encoding a record: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Counters for metrics.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Stats {
+    /// Events in the log (after retention).
+    pub events: u64,
+    /// Bytes of the event log (keys + values), the quantity `max_bytes` bounds.
+    pub bytes: u64,
+    /// sled's size on disk.
+    pub disk_bytes: u64,
+    /// Appended but not yet written into sled.
+    pub pending: u64,
+    /// Appended since open and made durable by a flush.
+    pub durable_since_open: u64,
+    /// Appended since open.
+    pub appended_since_open: u64,
+    /// Events removed by retention since open.
+    pub retained_away_since_open: u64,
+    /// Current chain head (hex).
+    pub head: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RetentionStats {
+    pub removed_events: u64,
+    pub removed_bytes: u64,
+    pub removed_index_entries: u64,
+}
+
+/// A record as stored, with its position and hash.
+#[derive(Clone, Debug)]
+pub struct StoredEvent {
+    pub seq: u64,
+    pub key_time_ns: u64,
+    pub hash: Hash,
+    pub record: CallRecord,
+}
+
+struct Pending {
+    key: Key,
+    value: Vec<u8>,
+    time_ns: u64,
+    idx: Vec<(Field, String)>,
+}
+
+struct WState {
+    pending: Vec<Pending>,
+    head: Hash,
+    seq: u64,
+    last_time: u64,
+    events: u64,
+    bytes: u64,
+    max_span: u64,
+    max_skew: u64,
+    appended: u64,
+    written: u64,
+    durable: u64,
+    retained_away: u64,
+    closed: bool,
+}
+
+pub(crate) struct Trees {
+    pub db: sled::Db,
+    pub log: sled::Tree,
+    pub meta: sled::Tree,
+    pub batches: sled::Tree,
+    pub idx: Vec<sled::Tree>,
+}
+
+struct Inner {
+    trees: Trees,
+    cfg: StoreConfig,
+    path: PathBuf,
+    state: Mutex<WState>,
+    stop: Mutex<bool>,
+    wake: Condvar,
+    read_only: bool,
+}
+
+/// The audit store. Cheap to share across threads (`&Store` is `Sync`).
+pub struct Store {
+    inner: Arc<Inner>,
+    flusher: Mutex<Option<JoinHandle<()>>>,
+    // Read-only opens work on a private copy; it is deleted when the store is dropped.
+    _copy: Option<tempfile::TempDir>,
+}
+
+mod meta {
+    pub const FORMAT: &[u8] = b"format";
+    pub const CHECKPOINT: &[u8] = b"checkpoint";
+    pub const HEAD: &[u8] = b"head";
+    pub const ANCHOR: &[u8] = b"anchor";
+    pub const SEQ: &[u8] = b"seq";
+    pub const LAST_TIME: &[u8] = b"last_time";
+    pub const EVENTS: &[u8] = b"events";
+    pub const BYTES: &[u8] = b"bytes";
+    pub const MAX_SPAN: &[u8] = b"max_span";
+    pub const MAX_SKEW: &[u8] = b"max_skew";
+    pub const CLEAN: &[u8] = b"clean";
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data; keep going rather than poison the agent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn get_u64(t: &sled::Tree, k: &[u8]) -> Result<u64> {
+    Ok(t.get(k)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0))
+}
+
+fn get_hash(t: &sled::Tree, k: &[u8]) -> Result<Hash> {
+    Ok(t.get(k)?
+        .and_then(|v| <Hash>::try_from(v.as_ref()).ok())
+        .unwrap_or([0u8; 32]))
+}
+
+fn dir_is_empty(p: &Path) -> std::io::Result<bool> {
+    Ok(fs::read_dir(p)?.next().is_none())
+}
+
+/// Check the marker. Ok(true) = a hoop store, Ok(false) = absent or empty directory.
+fn check_marker(dir: &Path) -> Result<bool> {
+    let marker = dir.join(MARKER);
+    match fs::File::open(&marker) {
+        Ok(mut f) => {
+            let mut s = String::new();
+            f.by_ref()
+                .take(256)
+                .read_to_string(&mut s)
+                .map_err(|_| StoreError::Version {
+                    path: dir.to_path_buf(),
+                    found: "unreadable marker".into(),
+                })?;
+            let found = s.trim().strip_prefix(MARKER_PREFIX).unwrap_or(s.trim());
+            if found != FORMAT.to_string() {
+                return Err(StoreError::Version {
+                    path: dir.to_path_buf(),
+                    found: found.chars().take(40).collect(),
+                });
+            }
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if !dir.exists() || dir_is_empty(dir)? {
+                Ok(false)
+            } else {
+                Err(StoreError::Foreign(dir.to_path_buf()))
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn map_open_err(dir: &Path, e: sled::Error) -> StoreError {
+    match e {
+        sled::Error::Io(io) if io.to_string().contains("lock") => {
+            StoreError::Locked(dir.to_path_buf())
+        }
+        sled::Error::Io(io) => StoreError::Io(io),
+        other => StoreError::Corrupt {
+            path: dir.to_path_buf(),
+            detail: format!("sled cannot open it: {other}"),
+        },
+    }
+}
+
+fn open_sled(dir: &Path, sled_dir: &Path, cfg: &StoreConfig) -> Result<Trees> {
+    let conf = sled::Config::new()
+        .path(sled_dir)
+        .cache_capacity(cfg.cache_bytes)
+        // We flush on our own interval; sled's background flusher has had bugs (sled#1160).
+        .flush_every_ms(None);
+    // sled panics on some malformed files instead of returning an error.
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || conf.open()));
+    let db = match opened {
+        Ok(Ok(db)) => db,
+        Ok(Err(e)) => return Err(map_open_err(dir, e)),
+        Err(_) => {
+            return Err(StoreError::Corrupt {
+                path: dir.to_path_buf(),
+                detail: "sled panicked while opening it".into(),
+            });
+        }
+    };
+    let log = db.open_tree("log")?;
+    let meta = db.open_tree("meta")?;
+    let batches = db.open_tree("batches")?;
+    let mut idx = Vec::with_capacity(FIELDS.len());
+    for f in FIELDS {
+        idx.push(db.open_tree(f.tree_name())?);
+    }
+    Ok(Trees {
+        db,
+        log,
+        meta,
+        batches,
+        idx,
+    })
+}
+
+fn check_format(dir: &Path, t: &Trees) -> Result<()> {
+    match t.meta.get(meta::FORMAT)? {
+        Some(v) if v.as_ref() == FORMAT.to_string().as_bytes() => Ok(()),
+        Some(v) => Err(StoreError::Version {
+            path: dir.to_path_buf(),
+            found: String::from_utf8_lossy(&v).chars().take(40).collect(),
+        }),
+        None => Err(StoreError::Corrupt {
+            path: dir.to_path_buf(),
+            detail: "the database has no hoop format record".into(),
+        }),
+    }
+}
+
+/// Copy a directory tree (reflink where the filesystem can, else bytes).
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    fs::create_dir_all(to)?;
+    for e in fs::read_dir(from)? {
+        let e = e?;
+        let ft = e.file_type()?;
+        let dst = to.join(e.file_name());
+        if ft.is_dir() {
+            copy_tree(&e.path(), &dst)?;
+        } else if ft.is_file() {
+            fs::copy(e.path(), dst)?;
+        }
+    }
+    Ok(())
+}
+
+/// Refuse to copy a database another process holds open for writing: sled takes an exclusive
+/// `flock` on its `db` file, so a shared one fails while an agent runs.
+fn probe_lock(dir: &Path, sled_dir: &Path) -> Result<Option<fs::File>> {
+    use std::os::fd::AsRawFd;
+    let f = match fs::File::open(sled_dir.join("db")) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    // SAFETY: flock on a file descriptor we own; no memory is shared.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(StoreError::Locked(dir.to_path_buf()));
+    }
+    Ok(Some(f))
+}
+
+fn validated_copy(
+    dir: &Path,
+    sled_dir: &Path,
+    cfg: &StoreConfig,
+) -> Result<(tempfile::TempDir, Trees)> {
+    let _lock = probe_lock(dir, sled_dir)?;
+    let tmp = tempfile::Builder::new()
+        .prefix("hoop-store-ro-")
+        .tempdir()?;
+    let copy = tmp.path().join("sled");
+    copy_tree(sled_dir, &copy)?;
+    drop(_lock);
+    let trees = open_sled(dir, &copy, cfg)?;
+    check_format(dir, &trees)?;
+    Ok((tmp, trees))
+}
+
+impl Store {
+    /// Open (or create) the store in `dir` for writing and start the background flusher.
+    pub fn open(dir: impl AsRef<Path>, cfg: StoreConfig) -> Result<Store> {
+        let dir = dir.as_ref();
+        let existing = check_marker(dir)?;
+        let sled_dir = dir.join("sled");
+        if existing && sled_dir.exists() && cfg.validate_copy {
+            // Dropped at once: only proves sled and our meta open cleanly.
+            let (tmp, trees) = validated_copy(dir, &sled_dir, &cfg)?;
+            drop(trees);
+            drop(tmp);
+        }
+        if !existing {
+            fs::create_dir_all(dir)?;
+            fs::write(dir.join(MARKER), format!("{MARKER_PREFIX}{FORMAT}\n"))?;
+        }
+        let trees = open_sled(dir, &sled_dir, &cfg)?;
+        if trees.meta.get(meta::FORMAT)?.is_none() && trees.log.is_empty() {
+            trees
+                .meta
+                .insert(meta::FORMAT, FORMAT.to_string().as_bytes())?;
+        }
+        check_format(dir, &trees)?;
+        let clean = trees.meta.get(meta::CLEAN)?.is_some();
+        if existing && !clean {
+            tracing::warn!(path = %dir.display(), "store was not closed cleanly; checking the unflushed tail");
+        }
+        let state = load_state(&trees)?;
+        let inner = Arc::new(Inner {
+            trees,
+            cfg: cfg.clone(),
+            path: dir.to_path_buf(),
+            state: Mutex::new(state),
+            stop: Mutex::new(false),
+            wake: Condvar::new(),
+            read_only: false,
+        });
+        inner.repair_tail()?;
+        inner.trees.meta.remove(meta::CLEAN)?;
+        inner.trees.db.flush()?;
+        if cfg.verify_on_open {
+            let r = inner.verify();
+            if let Some(e) = r.first_broken {
+                tracing::warn!(path = %dir.display(), "audit chain broken: {e}");
+            }
+        }
+        let flusher = {
+            let inner = Arc::clone(&inner);
+            std::thread::Builder::new()
+                .name("hoop-store-flush".into())
+                .spawn(move || inner.flush_loop())?
+        };
+        Ok(Store {
+            inner,
+            flusher: Mutex::new(Some(flusher)),
+            _copy: None,
+        })
+    }
+
+    /// Open for reading without writing a byte to `dir`: sled rewrites files whenever it
+    /// opens a database, so this opens a private copy. Fails while an agent holds the store.
+    pub fn open_read_only(dir: impl AsRef<Path>) -> Result<Store> {
+        let dir = dir.as_ref();
+        if !check_marker(dir)? {
+            return Err(StoreError::Missing(dir.to_path_buf()));
+        }
+        let sled_dir = dir.join("sled");
+        if !sled_dir.exists() {
+            return Err(StoreError::Corrupt {
+                path: dir.to_path_buf(),
+                detail: "the marker is there but the sled database is missing".into(),
+            });
+        }
+        let cfg = StoreConfig::default();
+        let (tmp, trees) = validated_copy(dir, &sled_dir, &cfg)?;
+        let state = load_state(&trees)?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                trees,
+                cfg,
+                path: dir.to_path_buf(),
+                state: Mutex::new(state),
+                stop: Mutex::new(true),
+                wake: Condvar::new(),
+                read_only: true,
+            }),
+            flusher: Mutex::new(None),
+            _copy: Some(tmp),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.inner.read_only
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.cfg
+    }
+
+    /// Append one (already masked) record. It is durable after the next flush, at most
+    /// `flush_interval` later.
+    pub fn append(&self, rec: &CallRecord) -> Result<()> {
+        if self.inner.read_only {
+            return Err(StoreError::ReadOnly);
+        }
+        let body = serde_json::to_vec(rec)?;
+        let mut idx = Vec::with_capacity(16);
+        index::values(rec, |f, v| idx.push((f, v.to_string())));
+        let mut st = lock(&self.inner.state);
+        if st.closed {
+            return Err(StoreError::Closed);
+        }
+        // Keys are time-ordered but never go backwards, so log order = chain order.
+        let kt = rec.time_ns.max(st.last_time);
+        let key = make_key(kt, st.seq);
+        let (h, value) = chain::encode(&st.head, &body);
+        st.head = h;
+        st.seq += 1;
+        st.last_time = kt;
+        st.appended += 1;
+        st.pending.push(Pending {
+            key,
+            value,
+            time_ns: rec.time_ns,
+            idx,
+        });
+        if st.pending.len() >= self.inner.cfg.max_batch {
+            self.inner.write_pending(&mut st)?;
+        }
+        Ok(())
+    }
+
+    /// Write pending events and fsync. Returns the number of events appended since open that
+    /// are now durable.
+    pub fn flush(&self) -> Result<u64> {
+        if self.inner.read_only {
+            return Ok(0);
+        }
+        self.inner.flush()
+    }
+
+    /// Flush everything, mark the store clean and stop the flusher.
+    pub fn close(self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&self) -> Result<()> {
+        if self.inner.read_only {
+            return Ok(());
+        }
+        *lock(&self.inner.stop) = true;
+        self.inner.wake.notify_all();
+        if let Some(h) = lock(&self.flusher).take() {
+            let _ = h.join();
+        }
+        let already = {
+            let mut st = lock(&self.inner.state);
+            std::mem::replace(&mut st.closed, true)
+        };
+        if already {
+            return Ok(());
+        }
+        {
+            let mut st = lock(&self.inner.state);
+            self.inner.write_pending(&mut st)?;
+        }
+        self.inner.trees.meta.insert(meta::CLEAN, &[1u8][..])?;
+        self.inner.trees.db.flush()?;
+        Ok(())
+    }
+
+    pub fn stats(&self) -> Stats {
+        let st = lock(&self.inner.state);
+        Stats {
+            events: st.events + st.pending.len() as u64,
+            bytes: st.bytes
+                + st.pending
+                    .iter()
+                    .map(|p| (KEY_LEN + p.value.len()) as u64)
+                    .sum::<u64>(),
+            disk_bytes: self.inner.trees.db.size_on_disk().unwrap_or(0),
+            pending: st.pending.len() as u64,
+            durable_since_open: st.durable,
+            appended_since_open: st.appended,
+            retained_away_since_open: st.retained_away,
+            head: hex::encode(st.head),
+        }
+    }
+
+    /// Apply the configured retention now.
+    pub fn apply_retention(&self, now_ns: u64) -> Result<RetentionStats> {
+        self.retain(self.inner.cfg.max_age, self.inner.cfg.max_bytes, now_ns)
+    }
+
+    /// Remove events with key time before `now - max_age`, then the oldest events until the
+    /// log holds at most `max_bytes`; their index entries go with them.
+    pub fn retain(
+        &self,
+        max_age: Option<Duration>,
+        max_bytes: Option<u64>,
+        now_ns: u64,
+    ) -> Result<RetentionStats> {
+        if self.inner.read_only {
+            return Err(StoreError::ReadOnly);
+        }
+        self.inner.retain(max_age, max_bytes, now_ns)
+    }
+
+    /// Walk the whole chain.
+    pub fn verify(&self) -> chain::VerifyReport {
+        self.inner.sync_pending();
+        self.inner.verify()
+    }
+
+    pub(crate) fn trees(&self) -> &Trees {
+        self.inner.sync_pending();
+        &self.inner.trees
+    }
+
+    /// (max batch span, max key-vs-record time skew, checkpoint) for range bounds in queries.
+    pub(crate) fn bounds(&self) -> (u64, u64, Option<Key>) {
+        let st = lock(&self.inner.state);
+        let cp = self
+            .inner
+            .trees
+            .meta
+            .get(meta::CHECKPOINT)
+            .ok()
+            .flatten()
+            .and_then(|v| to_key(&v));
+        (st.max_span, st.max_skew, cp)
+    }
+
+    /// Decode a stored value.
+    pub fn decode_event(key: &[u8], value: &[u8]) -> Option<StoredEvent> {
+        let d = chain::decode(value)?;
+        let record = serde_json::from_slice(d.body).ok()?;
+        Some(StoredEvent {
+            seq: key_seq(key),
+            key_time_ns: key_time(key),
+            hash: d.hash,
+            record,
+        })
+    }
+
+    /// All events with key time in `[from, to]`, in log order.
+    pub fn scan(
+        &self,
+        from_ns: Option<u64>,
+        to_ns: Option<u64>,
+    ) -> impl Iterator<Item = StoredEvent> + '_ {
+        let t = self.trees();
+        let lo = make_key(from_ns.unwrap_or(0), 0);
+        let hi = make_key(to_ns.unwrap_or(u64::MAX), u64::MAX);
+        t.log
+            .range(lo..=hi)
+            .filter_map(|r| r.ok())
+            .filter_map(|(k, v)| Store::decode_event(&k, &v))
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::warn!("closing the store: {e}");
+        }
+    }
+}
+
+fn load_state(t: &Trees) -> Result<WState> {
+    Ok(WState {
+        pending: Vec::new(),
+        head: get_hash(&t.meta, meta::HEAD)?,
+        seq: get_u64(&t.meta, meta::SEQ)?,
+        last_time: get_u64(&t.meta, meta::LAST_TIME)?,
+        events: get_u64(&t.meta, meta::EVENTS)?,
+        bytes: get_u64(&t.meta, meta::BYTES)?,
+        max_span: get_u64(&t.meta, meta::MAX_SPAN)?,
+        max_skew: get_u64(&t.meta, meta::MAX_SKEW)?,
+        appended: 0,
+        written: 0,
+        durable: 0,
+        retained_away: 0,
+        closed: false,
+    })
+}
+
+/// (index tree, index key) of one posting list a batch wrote.
+type IndexEntry = (Field, Vec<u8>);
+
+/// Posting lists of one batch: (field, value) → keys.
+type Postings = BTreeMap<(Field, String), Vec<Key>>;
+
+impl Inner {
+    fn flush_loop(&self) {
+        let mut last_retention = Instant::now();
+        loop {
+            {
+                let stop = lock(&self.stop);
+                if *stop {
+                    return;
+                }
+                let (stop, _) = self
+                    .wake
+                    .wait_timeout(stop, self.cfg.flush_interval)
+                    .unwrap_or_else(|e| e.into_inner());
+                if *stop {
+                    return;
+                }
+            }
+            if let Err(e) = self.flush() {
+                tracing::warn!("store flush failed: {e}");
+            }
+            if (self.cfg.max_age.is_some() || self.cfg.max_bytes.is_some())
+                && last_retention.elapsed() >= self.cfg.retention_interval
+            {
+                last_retention = Instant::now();
+                if let Err(e) = self.retain(
+                    self.cfg.max_age,
+                    self.cfg.max_bytes,
+                    crate::timefmt::now_ns(),
+                ) {
+                    tracing::warn!("store retention failed: {e}");
+                }
+            }
+        }
+    }
+
+    fn flush(&self) -> Result<u64> {
+        let written = {
+            let mut st = lock(&self.state);
+            self.write_pending(&mut st)?;
+            st.written
+        };
+        self.trees.db.flush()?;
+        let mut st = lock(&self.state);
+        st.durable = st.durable.max(written);
+        Ok(st.durable)
+    }
+
+    /// Make pending events visible to readers in this process (no fsync).
+    fn sync_pending(&self) {
+        if self.read_only {
+            return;
+        }
+        let mut st = lock(&self.state);
+        if let Err(e) = self.write_pending(&mut st) {
+            tracing::warn!("store write failed: {e}");
+        }
+    }
+
+    /// Write the pending batch: registry entry first (so a torn batch can be undone), then
+    /// the log, the index trees, and the meta record that makes it complete.
+    fn write_pending(&self, st: &mut WState) -> Result<()> {
+        if st.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut st.pending);
+        let mut postings: Postings = BTreeMap::new();
+        let mut log_batch = sled::Batch::default();
+        let mut bytes = 0u64;
+        let mut skew = st.max_skew;
+        for p in &pending {
+            for (f, v) in &p.idx {
+                postings.entry((*f, v.clone())).or_default().push(p.key);
+            }
+            skew = skew.max(key_time(&p.key).saturating_sub(p.time_ns));
+            bytes += (KEY_LEN + p.value.len()) as u64;
+            log_batch.insert(&p.key[..], &p.value[..]);
+        }
+        let (Some(first), Some(last)) = (pending.first(), pending.last()) else {
+            return Ok(());
+        };
+        let (first, last) = (first.key, last.key);
+        self.write_postings(&first, &last, &postings)?;
+        self.trees.log.apply_batch(log_batch)?;
+        st.events += pending.len() as u64;
+        st.bytes += bytes;
+        st.max_skew = skew;
+        st.max_span = st.max_span.max(key_time(&last) - key_time(&first));
+        st.written += pending.len() as u64;
+        self.write_meta(st, &last)?;
+        Ok(())
+    }
+
+    fn write_postings(&self, first: &Key, last: &Key, postings: &Postings) -> Result<()> {
+        let mut registry = Vec::with_capacity(KEY_LEN + postings.len() * 48);
+        registry.extend_from_slice(last);
+        let mut per_tree: Vec<sled::Batch> =
+            FIELDS.iter().map(|_| sled::Batch::default()).collect();
+        for ((f, v), keys) in postings {
+            let ik = index::index_key(v, first);
+            registry.push(*f as u8);
+            registry.extend_from_slice(&(ik.len() as u32).to_be_bytes());
+            registry.extend_from_slice(&ik);
+            let mut val = Vec::with_capacity(keys.len() * KEY_LEN);
+            for k in keys {
+                val.extend_from_slice(k);
+            }
+            per_tree[*f as usize].insert(ik, val);
+        }
+        self.trees.batches.insert(&first[..], registry)?;
+        for (tree, batch) in self.trees.idx.iter().zip(per_tree) {
+            tree.apply_batch(batch)?;
+        }
+        Ok(())
+    }
+
+    fn write_meta(&self, st: &WState, checkpoint: &Key) -> Result<()> {
+        let mut b = sled::Batch::default();
+        b.insert(meta::CHECKPOINT, &checkpoint[..]);
+        b.insert(meta::HEAD, &st.head[..]);
+        b.insert(meta::SEQ, &st.seq.to_be_bytes()[..]);
+        b.insert(meta::LAST_TIME, &st.last_time.to_be_bytes()[..]);
+        b.insert(meta::EVENTS, &st.events.to_be_bytes()[..]);
+        b.insert(meta::BYTES, &st.bytes.to_be_bytes()[..]);
+        b.insert(meta::MAX_SPAN, &st.max_span.to_be_bytes()[..]);
+        b.insert(meta::MAX_SKEW, &st.max_skew.to_be_bytes()[..]);
+        self.trees.meta.apply_batch(b)?;
+        Ok(())
+    }
+
+    /// Parse a registry value into (last key, [(field, index key)]).
+    fn parse_registry(v: &[u8]) -> Option<(Key, Vec<IndexEntry>)> {
+        let last = to_key(v.get(..KEY_LEN)?)?;
+        let mut out = Vec::new();
+        let mut i = KEY_LEN;
+        while i < v.len() {
+            let f = Field::from_u8(*v.get(i)?)?;
+            let len = u32::from_be_bytes(v.get(i + 1..i + 5)?.try_into().ok()?) as usize;
+            let k = v.get(i + 5..i + 5 + len)?.to_vec();
+            out.push((f, k));
+            i += 5 + len;
+        }
+        Some((last, out))
+    }
+
+    /// After an unclean stop: undo index writes of incomplete batches, drop a torn tail
+    /// (events whose chain link does not verify), and index the surviving tail again.
+    fn repair_tail(&self) -> Result<()> {
+        let t = &self.trees;
+        let cp = t.meta.get(meta::CHECKPOINT)?.and_then(|v| to_key(&v));
+        let lo: Vec<u8> = match cp {
+            Some(k) => {
+                let mut n = k.to_vec();
+                n.push(0); // strictly after the checkpoint key
+                n
+            }
+            None => Vec::new(),
+        };
+        let mut undone = 0u64;
+        for r in t.batches.range(lo.clone()..) {
+            let (k, v) = r?;
+            if let Some((_, entries)) = Self::parse_registry(&v) {
+                for (f, ik) in entries {
+                    t.idx[f as usize].remove(ik)?;
+                    undone += 1;
+                }
+            }
+            t.batches.remove(k)?;
+        }
+        let mut st = lock(&self.state);
+        let mut good: Vec<Pending> = Vec::new();
+        let mut bad: Vec<sled::IVec> = Vec::new();
+        let mut running = st.head;
+        for r in t.log.range(lo..) {
+            let (k, v) = r?;
+            let ok = bad.is_empty()
+                && chain::decode(&v)
+                    .is_some_and(|d| d.prev == running && chain::hash(&d.prev, d.body) == d.hash);
+            match (ok, to_key(&k)) {
+                (true, Some(key)) => {
+                    if let Some(d) = chain::decode(&v) {
+                        running = d.hash;
+                    }
+                    let time_ns = chain::decode(&v)
+                        .and_then(|d| serde_json::from_slice::<TimeOnly>(d.body).ok())
+                        .map(|x| x.time_ns)
+                        .unwrap_or(key_time(&key));
+                    good.push(Pending {
+                        key,
+                        value: v.to_vec(),
+                        time_ns,
+                        idx: Vec::new(),
+                    });
+                }
+                _ => bad.push(k),
+            }
+        }
+        if !bad.is_empty() {
+            tracing::warn!(
+                path = %self.path.display(),
+                dropped = bad.len(),
+                kept = good.len(),
+                "torn tail after an unclean stop: dropping events past the last good chain link"
+            );
+            for k in &bad {
+                t.log.remove(k)?;
+            }
+        }
+        if undone > 0 || !good.is_empty() {
+            tracing::info!(reindexed = good.len(), undone, "recovered unflushed tail");
+        }
+        if let Some(last) = good.last() {
+            st.head = running;
+            st.seq = key_seq(&last.key) + 1;
+            st.last_time = st.last_time.max(key_time(&last.key));
+            // The tail is already in the log: index it and count it, without rewriting it.
+            let mut postings: Postings = BTreeMap::new();
+            for p in &good {
+                if let Some(d) = chain::decode(&p.value)
+                    && let Ok(rec) = serde_json::from_slice::<CallRecord>(d.body)
+                {
+                    index::values(&rec, |f, v| {
+                        postings.entry((f, v.to_string())).or_default().push(p.key);
+                    });
+                }
+                st.events += 1;
+                st.bytes += (KEY_LEN + p.value.len()) as u64;
+                st.max_skew = st.max_skew.max(key_time(&p.key).saturating_sub(p.time_ns));
+            }
+            let first = good[0].key;
+            let last = last.key;
+            st.max_span = st.max_span.max(key_time(&last) - key_time(&first));
+            self.write_postings(&first, &last, &postings)?;
+            self.write_meta(&st, &last)?;
+        }
+        Ok(())
+    }
+
+    fn verify(&self) -> chain::VerifyReport {
+        let anchor = get_hash(&self.trees.meta, meta::ANCHOR).unwrap_or([0u8; 32]);
+        let head = get_hash(&self.trees.meta, meta::HEAD).ok();
+        let it = self
+            .trees
+            .log
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(k, v)| (k.to_vec(), v.to_vec()));
+        chain::verify(it, anchor, head.filter(|h| *h != [0u8; 32]))
+    }
+
+    fn retain(
+        &self,
+        max_age: Option<Duration>,
+        max_bytes: Option<u64>,
+        now_ns: u64,
+    ) -> Result<RetentionStats> {
+        let mut st = lock(&self.state);
+        self.write_pending(&mut st)?;
+        let t = &self.trees;
+        let mut cutoff: Option<Key> =
+            max_age.map(|a| make_key(now_ns.saturating_sub(a.as_nanos() as u64), 0));
+        if let Some(limit) = max_bytes
+            && st.bytes > limit
+        {
+            let mut excess = st.bytes - limit;
+            for r in t.log.iter() {
+                let (k, v) = r?;
+                let Some(key) = to_key(&k) else { continue };
+                let size = (KEY_LEN + v.len()) as u64;
+                // Cut after this event.
+                let mut next = key;
+                let seq = key_seq(&key).saturating_add(1);
+                next[8..].copy_from_slice(&seq.to_be_bytes());
+                if cutoff.is_none_or(|c| next > c) {
+                    cutoff = Some(next);
+                }
+                if size >= excess {
+                    break;
+                }
+                excess -= size;
+            }
+        }
+        let Some(cutoff) = cutoff else {
+            return Ok(RetentionStats::default());
+        };
+        let mut stats = RetentionStats::default();
+        let mut last_removed: Option<Hash> = None;
+        loop {
+            let chunk: Vec<(sled::IVec, usize, Option<Hash>)> = t
+                .log
+                .range(..&cutoff[..])
+                .take(10_000)
+                .filter_map(|r| r.ok())
+                .map(|(k, v)| {
+                    let h = chain::decode(&v).map(|d| d.hash);
+                    (k, v.len(), h)
+                })
+                .collect();
+            if chunk.is_empty() {
+                break;
+            }
+            let mut b = sled::Batch::default();
+            for (k, len, h) in chunk {
+                stats.removed_events += 1;
+                stats.removed_bytes += (KEY_LEN + len) as u64;
+                if h.is_some() {
+                    last_removed = h;
+                }
+                b.remove(k);
+            }
+            t.log.apply_batch(b)?;
+        }
+        // Index entries: every batch that started before the cutoff.
+        for r in t.batches.range(..&cutoff[..]) {
+            let (bk, v) = r?;
+            let Some((last, entries)) = Self::parse_registry(&v) else {
+                t.batches.remove(bk)?;
+                continue;
+            };
+            let whole = last < cutoff;
+            for (f, ik) in entries {
+                let tree = &t.idx[f as usize];
+                if whole {
+                    if tree.remove(&ik)?.is_some() {
+                        stats.removed_index_entries += 1;
+                    }
+                    continue;
+                }
+                if let Some(val) = tree.get(&ik)? {
+                    let kept: Vec<u8> = val
+                        .as_chunks::<KEY_LEN>()
+                        .0
+                        .iter()
+                        .filter(|k| **k >= cutoff)
+                        .flatten()
+                        .copied()
+                        .collect();
+                    if kept.is_empty() {
+                        tree.remove(&ik)?;
+                        stats.removed_index_entries += 1;
+                    } else if kept.len() != val.len() {
+                        tree.insert(&ik, kept)?;
+                    }
+                }
+            }
+            if whole {
+                t.batches.remove(bk)?;
+            }
+        }
+        st.events = st.events.saturating_sub(stats.removed_events);
+        st.bytes = st.bytes.saturating_sub(stats.removed_bytes);
+        st.retained_away += stats.removed_events;
+        let mut b = sled::Batch::default();
+        if let Some(h) = last_removed {
+            b.insert(meta::ANCHOR, &h[..]);
+        }
+        b.insert(meta::EVENTS, &st.events.to_be_bytes()[..]);
+        b.insert(meta::BYTES, &st.bytes.to_be_bytes()[..]);
+        t.meta.apply_batch(b)?;
+        drop(st);
+        if stats.removed_events > 0 {
+            tracing::info!(
+                removed = stats.removed_events,
+                bytes = stats.removed_bytes,
+                "retention"
+            );
+        }
+        Ok(stats)
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct TimeOnly {
+    time_ns: u64,
+}
