@@ -424,7 +424,7 @@ impl PrincipalMap {
                 drop(inner);
                 self.learn(signer, Principal::Arn(arn), r.account, source, expires)
             }
-            (StsKind::SessionToken, Some(key), _, Some(signer)) => self.learn(
+            (StsKind::SessionToken, Some(key), _, Some(signer)) if key != signer => self.learn(
                 &key,
                 Principal::SameAs(signer.to_string()),
                 None,

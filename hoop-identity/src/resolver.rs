@@ -147,7 +147,8 @@ impl Resolver {
         (process, workload, identity)
     }
 
-    fn workload(&self, cgroup_path: Option<&str>) -> Workload {
+    /// The workload of a cgroup path (container, pod or host).
+    pub fn workload(&self, cgroup_path: Option<&str>) -> Workload {
         let info = cgroup_path
             .map(cgroup::parse_cgroup_path)
             .unwrap_or_default();
