@@ -65,7 +65,13 @@ fn component_container(c: &str, in_kubepods: bool, parent: &str) -> Option<(Stri
         .and_then(|r| r.strip_suffix(".scope"))
         && !rest.is_empty()
     {
-        return Some((unescape_systemd(rest), "systemd"));
+        // Only printable ASCII names: ids are sliced by byte elsewhere, and a delegated
+        // subtree lets unprivileged users name cgroups.
+        let name = unescape_systemd(rest);
+        if name.len() <= 128 && name.bytes().all(|b| b.is_ascii_graphic()) {
+            return Some((name, "systemd"));
+        }
+        return None;
     }
     // cgroupfs driver: the bare id under its parent.
     let id = container_id(c)?;
@@ -444,6 +450,17 @@ mod tests {
             Some("systemd"),
             None,
         );
+    }
+
+    #[test]
+    fn machine_names_must_be_printable_ascii() {
+        check(
+            "/machine.slice/machine-\\xc3\\xa9t\\xc3\\xa9.scope",
+            None,
+            None,
+            None,
+        );
+        check("/machine.slice/machine-a b.scope", None, None, None);
     }
 
     #[test]

@@ -287,6 +287,48 @@ mod tests {
     }
 
     #[test]
+    fn a_process_in_its_own_cgroup_gets_its_container_id() {
+        // Needs a writable cgroup2 mount (root); skipped elsewhere.
+        let Some(mount) = cgroup::find_cgroup2_mount() else {
+            return;
+        };
+        let id = format!("{:064x}", u128::from(std::process::id()) << 64 | 0xfeed);
+        let parent = mount.join(format!("hoop-identity-test-{}", std::process::id()));
+        let dir = parent.join(format!("docker-{id}.scope"));
+        if std::fs::create_dir_all(&dir).is_err() {
+            eprintln!("cannot create a cgroup; skipping");
+            return;
+        }
+        let mut child = Command::new("sleep").arg("5").spawn().expect("spawn");
+        let pid = child.id();
+        let moved = std::fs::write(dir.join("cgroup.procs"), pid.to_string());
+        if moved.is_ok() {
+            use std::os::unix::fs::MetadataExt;
+            let ino = std::fs::metadata(&dir).expect("dir").ino();
+            let r = Resolver::new(IdentityConfig::default()).expect("resolver");
+            // By the probe's cgroup id, and by /proc alone (cgroup id 0).
+            for cg in [ino, 0] {
+                let (p, w, _) = r.resolve(pid, pid, cg, None);
+                assert_eq!(w.kind, "container", "cgroup id {cg}: {p:?}");
+                assert_eq!(w.container_id.as_deref(), Some(id.as_str()));
+                assert_eq!(w.runtime.as_deref(), Some("docker"));
+                assert!(p.cgroup.as_deref().is_some_and(|c| c.ends_with(".scope")));
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        // The cgroup is empty once the child is reaped.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&dir).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_dir(&parent);
+        moved.expect("move into cgroup");
+    }
+
+    #[test]
     fn irsa_role_is_a_marked_fallback() {
         let r = Resolver::new(IdentityConfig::default()).expect("resolver");
         let info = ProcInfo {
