@@ -1068,6 +1068,32 @@ mod tests {
     }
 
     #[test]
+    fn truncated_and_mangled_bodies_never_panic() {
+        let xml = assume_role_xml();
+        let json = format!(
+            r#"{{"AssumeRoleResponse":{{"AssumeRoleResult":{{"AssumedRoleUser":{{"Arn":"arn:aws:sts::123456789012:assumed-role/a/b"}},"Credentials":{{"AccessKeyId":"ASIAJSONEXAMPLE00002","Expiration":1e300,"SecretAccessKey":"{SECRET}"}}}}}}}}"#
+        );
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for body in [xml.as_bytes(), json.as_bytes()] {
+            for cut in 0..body.len() {
+                let m = map();
+                let _ = m.learn_sts(Some("AKIAIOSFODNN7EXAMPLE"), 200, &body[..cut]);
+                let _ = m.learn_imds("/latest/meta-data/iam/security-credentials/r", &body[..cut]);
+                let _ = m.learn_container_credentials(&body[..cut]);
+                // Flip a byte too.
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let mut v = body.to_vec();
+                let i = (seed as usize) % v.len();
+                v[i] = (seed >> 32) as u8;
+                let _ = m.learn_sts(None, 200, &v);
+                let _ = crate::cgroup::parse_cgroup_path(&String::from_utf8_lossy(&v));
+            }
+        }
+    }
+
+    #[test]
     fn a_live_mapping_is_not_stolen() {
         let m = map();
         m.learn_sts(None, 200, assume_role_xml().as_bytes())

@@ -309,7 +309,11 @@ const SECRET_WORDS: &[&str] = &["secret", "token", "password", "passwd", "creden
 
 fn is_secret_name(name: &str) -> bool {
     let l = name.to_ascii_lowercase();
-    SECRET_WORDS.iter().any(|w| l.contains(w))
+    // `--secret-id prod/db` names a secret, it is not one.
+    let names_a_thing = ["-id", "-ids", "-name", "-names", "-arn", "-arns"]
+        .iter()
+        .any(|s| l.ends_with(s));
+    !names_a_thing && SECRET_WORDS.iter().any(|w| l.contains(w))
 }
 
 /// Joins argv (NUL-separated) with spaces, bounded to `max` bytes, with values of flags or
@@ -325,7 +329,12 @@ pub fn format_cmdline(raw: &[u8], max: usize) -> String {
         } else if let Some((k, _)) = arg.split_once('=').filter(|(k, _)| is_secret_name(k)) {
             format!("{k}=***")
         } else {
-            if arg.starts_with('-') && is_secret_name(&arg) {
+            // Flags, and `aws configure set aws_secret_access_key VALUE`.
+            let lower = arg.to_ascii_lowercase();
+            if (arg.starts_with('-') && is_secret_name(&arg))
+                || lower == "aws_secret_access_key"
+                || lower == "aws_session_token"
+            {
                 redact_next = true;
             }
             arg.into_owned()
@@ -721,6 +730,16 @@ mod tests {
         assert_eq!(
             s,
             "aws s3 ls --secret-access-key *** AWS_SESSION_TOKEN=*** --token=***"
+        );
+        let raw = b"aws\0secretsmanager\0get-secret-value\0--secret-id\0prod/db\0";
+        assert_eq!(
+            format_cmdline(raw, 1024),
+            "aws secretsmanager get-secret-value --secret-id prod/db"
+        );
+        let raw = b"aws\0configure\0set\0aws_secret_access_key\0abc\0";
+        assert_eq!(
+            format_cmdline(raw, 1024),
+            "aws configure set aws_secret_access_key ***"
         );
         let long = "é".repeat(2000);
         let s = format_cmdline(long.as_bytes(), 1024);
