@@ -14,7 +14,7 @@ pub mod principal;
 pub mod process;
 mod resolver;
 
-pub use resolver::{IdentityConfig, Resolver};
+pub use resolver::{IdentityConfig, IdentityError, Resolver};
 
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
