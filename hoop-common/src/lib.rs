@@ -8,9 +8,9 @@
 /// into several records (`offset` says where each starts), up to [`MAX_CHUNKS`] of them.
 pub const CHUNK_SIZE: usize = 16 * 1024;
 
-/// Records emitted for one TLS call at most. Bytes past `CHUNK_SIZE * MAX_CHUNKS` are not
-/// copied; the last record then carries [`FLAG_TRUNCATED`] and user space sees a gap of
-/// `full_len - captured` bytes.
+/// Records emitted for one TLS call at most. Of a longer call, the first `MAX_CHUNKS - 1`
+/// records carry its head and the last one its final `CHUNK_SIZE` bytes, flagged
+/// [`FLAG_SKIPPED`]: the bytes in between were not copied.
 pub const MAX_CHUNKS: usize = 8;
 
 /// Length of the kernel's `comm` field.
@@ -21,8 +21,9 @@ pub const DIR_WRITE: u8 = 0;
 /// Plaintext returned by the TLS library after decryption.
 pub const DIR_READ: u8 = 1;
 
-/// Set on the last record of a call whose bytes were not all copied.
-pub const FLAG_TRUNCATED: u8 = 1;
+/// Set on a record preceded by bytes of the same call that were deliberately not copied
+/// (the middle of a call longer than `MAX_CHUNKS * CHUNK_SIZE`).
+pub const FLAG_SKIPPED: u8 = 1;
 
 /// Which probe produced a record.
 pub const SRC_OPENSSL: u8 = 0;
@@ -64,7 +65,7 @@ pub struct TlsEventHeader {
     pub comm: [u8; COMM_LEN],
     /// [`DIR_WRITE`] or [`DIR_READ`].
     pub direction: u8,
-    /// [`FLAG_TRUNCATED`] or 0.
+    /// [`FLAG_SKIPPED`] or 0.
     pub flags: u8,
     /// [`SRC_OPENSSL`].
     pub source: u8,

@@ -1,1 +1,362 @@
+//! Harness for hoop's end-to-end tests: a real AWS emulator (moto under gunicorn) serving TLS
+//! on loopback, the real agent loading real eBPF programs, and real SDK processes.
+//!
+//! Everything runs as root on the host. Probes see the whole host, so tests run one at a time
+//! (`--test-threads=1`, set by `cargo xtask test`) and filter records by the pids they started.
 
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Dummy long-term credentials the clients sign with (the emulator accepts any).
+pub const ACCESS_KEY_ID: &str = "AKIAHOOPTEST00000001";
+pub const SECRET_ACCESS_KEY: &str = "hoopTestSecretKeyDoNotStore/0123456789abcd";
+pub const REGION: &str = "eu-west-1";
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Result<Self> {
+        let p = std::env::temp_dir().join(format!(
+            "hoop-e2e-{tag}-{}-{}",
+            std::process::id(),
+            rand_u64()
+        ));
+        std::fs::create_dir_all(&p)?;
+        Ok(TempDir(p))
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rand_u64() -> u64 {
+    let mut b = [0u8; 8];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut b);
+    }
+    u64::from_le_bytes(b)
+}
+
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn venv_bin(name: &str) -> PathBuf {
+    repo_root().join(".venv/bin").join(name)
+}
+
+/// Kills a child process (and waits) on drop.
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A self-signed certificate for 127.0.0.1 and localhost.
+pub fn make_cert(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .context("run openssl to make a test certificate")?;
+    if !out.status.success() {
+        bail!("openssl req: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok((cert, key))
+}
+
+fn wait_for_port(port: u16, timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("nothing listens on 127.0.0.1:{port} after {timeout:?}")
+}
+
+/// moto's WSGI app under gunicorn with TLS and keep-alive.
+pub struct Emulator {
+    pub port: u16,
+    pub cert: PathBuf,
+    pub dir: TempDir,
+    proc: Guard,
+}
+
+impl Emulator {
+    pub fn start() -> Result<Self> {
+        let dir = TempDir::new("emu")?;
+        let (cert, key) = make_cert(dir.path())?;
+        let port = free_port()?;
+        let log = std::fs::File::create(dir.path().join("emulator.log"))?;
+        let child = Command::new(venv_bin("gunicorn"))
+            .current_dir(repo_root().join("tests/clients"))
+            .args(["-k", "gthread", "--threads", "8", "-w", "1", "--keep-alive", "30"])
+            .arg("--certfile")
+            .arg(&cert)
+            .arg("--keyfile")
+            .arg(&key)
+            .args(["-b", &format!("127.0.0.1:{port}"), "moto_app:app"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("start gunicorn (run `cargo xtask setup`)")?;
+        let proc = Guard(child);
+        wait_for_port(port, Duration::from_secs(30))?;
+        Ok(Emulator {
+            port,
+            cert,
+            dir,
+            proc,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.0.id()
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// Environment for a client process: credentials, region, CA, endpoint.
+    pub fn client_env(&self, cmd: &mut Command) {
+        cmd.env("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY)
+            .env_remove("AWS_SESSION_TOKEN")
+            .env("AWS_DEFAULT_REGION", REGION)
+            .env("AWS_REGION", REGION)
+            .env("AWS_CA_BUNDLE", &self.cert)
+            .env("NODE_EXTRA_CA_CERTS", &self.cert)
+            .env("AWS_ENDPOINT_URL", self.endpoint())
+            .env("HOOP_ENDPOINT", self.endpoint())
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env("AWS_EC2_METADATA_DISABLED", "true");
+    }
+}
+
+/// The real agent, started with `hoop-agent run`.
+pub struct Agent {
+    pub output: PathBuf,
+    pub dir: TempDir,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+    proc: Option<Guard>,
+}
+
+pub fn agent_bin() -> PathBuf {
+    std::env::var_os("HOOP_AGENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/debug/hoop-agent"))
+}
+
+impl Agent {
+    pub fn start(extra: &[&str]) -> Result<Self> {
+        let dir = TempDir::new("agent")?;
+        let output = dir.path().join("calls.jsonl");
+        let mut child = Command::new(agent_bin())
+            .arg("run")
+            .arg("--no-stdout")
+            .arg("--output")
+            .arg(&output)
+            .args(extra)
+            .env("HOOP_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("start {}", agent_bin().display()))?;
+        let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("agent: {line}");
+                if let Ok(mut l) = sink.lock() {
+                    l.push(line);
+                }
+            }
+        });
+        let mut agent = Agent {
+            output,
+            dir,
+            stderr: lines,
+            proc: Some(Guard(child)),
+        };
+        agent.wait_log("hoop-agent ready", Duration::from_secs(60))?;
+        Ok(agent)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(|g| g.0.id())
+    }
+
+    /// Waits until the agent logged a line containing `needle`.
+    pub fn wait_log(&mut self, needle: &str, timeout: Duration) -> Result<String> {
+        let start = Instant::now();
+        loop {
+            if let Some(l) = self
+                .stderr
+                .lock()
+                .ok()
+                .and_then(|l| l.iter().find(|l| l.contains(needle)).cloned())
+            {
+                return Ok(l);
+            }
+            if let Some(g) = self.proc.as_mut()
+                && let Ok(Some(status)) = g.0.try_wait()
+            {
+                bail!("agent exited ({status}) before logging {needle:?}");
+            }
+            if start.elapsed() > timeout {
+                bail!("agent did not log {needle:?} within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_contains(&self, needle: &str) -> bool {
+        self.stderr
+            .lock()
+            .map(|l| l.iter().any(|l| l.contains(needle)))
+            .unwrap_or(false)
+    }
+
+    /// Every record written so far.
+    pub fn records(&self) -> Vec<Value> {
+        let Ok(text) = std::fs::read_to_string(&self.output) else {
+            return Vec::new();
+        };
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Records of one process.
+    pub fn records_of(&self, pid: u32) -> Vec<Value> {
+        self.records()
+            .into_iter()
+            .filter(|r| r["process"]["pid"].as_u64() == Some(pid as u64))
+            .collect()
+    }
+
+    /// Waits until `pred` holds over the records of `pid` (or times out and returns them).
+    pub fn wait_records(&self, pid: u32, timeout: Duration, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let start = Instant::now();
+        loop {
+            let r = self.records_of(pid);
+            if pred(&r) || start.elapsed() > timeout {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut g) = self.proc.take() {
+            // SAFETY: plain kill(2) on our own child.
+            unsafe { libc_kill(g.0.id() as i32, 15) };
+            let start = Instant::now();
+            loop {
+                if let Some(status) = g.0.try_wait()? {
+                    if !status.success() {
+                        bail!("agent exited with {status}");
+                    }
+                    break;
+                }
+                if start.elapsed() > Duration::from_secs(20) {
+                    bail!("agent did not stop within 20 s of SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            std::mem::forget(g);
+        }
+        Ok(())
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// Runs a client to completion; returns its pid and stdout. Fails if it fails.
+pub fn run_client(mut cmd: Command) -> Result<(u32, String)> {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().with_context(|| format!("spawn {cmd:?}"))?;
+    let pid = child.id();
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok((pid, String::from_utf8_lossy(&out.stdout).into_owned()))
+}
+
+pub fn python() -> Command {
+    Command::new(venv_bin("python"))
+}
+
+pub fn aws_cli() -> Command {
+    Command::new(venv_bin("aws"))
+}
+
+pub fn node_script(script: &str) -> Command {
+    let mut c = Command::new("node");
+    c.current_dir(repo_root().join("tests/node")).arg(script);
+    c
+}
+
+pub fn client_script(name: &str) -> PathBuf {
+    repo_root().join("tests/clients").join(name)
+}
+
+/// Finds the records matching `pred`.
+pub fn matching<'a>(records: &'a [Value], pred: impl Fn(&Value) -> bool) -> Vec<&'a Value> {
+    records.iter().filter(|r| pred(r)).collect()
+}
+
+/// `record.request.method == m && record.request.path == p`
+pub fn is_call(r: &Value, method: &str, path: &str) -> bool {
+    r["request"]["method"] == method && r["request"]["path"] == path
+}
+
+/// The X-Amz-Target of a json-protocol call.
+pub fn target_is(r: &Value, target: &str) -> bool {
+    r["aws"]["target"] == target
+}

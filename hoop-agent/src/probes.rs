@@ -1,0 +1,262 @@
+//! Loads hoop's eBPF object into the kernel and attaches its programs: process tracepoints
+//! once, TLS uprobes once per discovered file (by device and inode).
+
+use crate::discovery::{OPENSSL_FUNCTIONS, Target};
+use anyhow::{Context, Result, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData, PerCpuArray, RingBuf},
+    programs::{
+        TracePoint, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeScope},
+    },
+};
+use hoop_common::{TracepointOffsets, counter};
+use std::collections::HashSet;
+use std::path::Path;
+use tracing::{debug, info, warn};
+
+/// The eBPF object built by build.rs.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hoop"));
+
+/// Loaded programs and the files they are attached to.
+pub struct Probes {
+    ebpf: Ebpf,
+    attached: HashSet<(u64, u64)>,
+    uprobes: usize,
+}
+
+/// Kernel-side counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    pub lost_records: u64,
+    pub lost_bytes: u64,
+    pub lost_proc_events: u64,
+    pub read_errors: u64,
+}
+
+/// Handle on the per-CPU counters map, readable from any thread.
+pub struct CounterReader(PerCpuArray<MapData, u64>);
+
+impl CounterReader {
+    pub fn read(&self) -> KernelCounters {
+        let sum = |i: u32| -> u64 {
+            self.0
+                .get(&i, 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or_default()
+        };
+        KernelCounters {
+            lost_records: sum(counter::LOST_RECORDS),
+            lost_bytes: sum(counter::LOST_BYTES),
+            lost_proc_events: sum(counter::LOST_PROC_EVENTS),
+            read_errors: sum(counter::READ_ERRORS),
+        }
+    }
+}
+
+fn raise_memlock() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer. Kernels with memcg accounting ignore it.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        debug!("could not raise RLIMIT_MEMLOCK");
+    }
+}
+
+/// tracefs, mounted if needed (aya reads tracepoint ids from it).
+pub fn tracefs() -> Result<&'static Path> {
+    for p in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
+        if Path::new(p).join("events").is_dir() {
+            return Ok(Path::new(p));
+        }
+    }
+    let p = "/sys/kernel/tracing";
+    let src = c"tracefs";
+    let dst = c"/sys/kernel/tracing";
+    // SAFETY: constant NUL-terminated strings.
+    let r = unsafe {
+        libc::mount(src.as_ptr(), dst.as_ptr(), src.as_ptr(), 0, std::ptr::null())
+    };
+    if r != 0 {
+        return Err(anyhow!(
+            "tracefs is not mounted and mounting it at {p} failed: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(Path::new(p))
+}
+
+/// Offset of a field in a tracepoint's format file.
+fn field_offset(format: &str, field: &str) -> Option<u32> {
+    format.lines().find_map(|l| {
+        let l = l.trim();
+        let decl = l.strip_prefix("field:")?.split(';').next()?;
+        let name = decl.rsplit(' ').next()?;
+        if name.trim_end_matches("[]") != field && !decl.ends_with(&format!(" {field}")) {
+            return None;
+        }
+        l.split(';')
+            .find_map(|p| p.trim().strip_prefix("offset:"))
+            .and_then(|v| v.parse().ok())
+    })
+}
+
+/// Reads the sched tracepoint field offsets from tracefs rather than hard-coding them.
+pub fn tracepoint_offsets(tracefs: &Path) -> Result<TracepointOffsets> {
+    let read = |name: &str| {
+        std::fs::read_to_string(tracefs.join(format!("events/sched/{name}/format")))
+            .with_context(|| format!("read tracepoint format of sched/{name}"))
+    };
+    let exec = read("sched_process_exec")?;
+    let exit = read("sched_process_exit")?;
+    Ok(TracepointOffsets {
+        exec_filename: field_offset(&exec, "filename")
+            .ok_or_else(|| anyhow!("sched_process_exec has no filename field"))?,
+        exec_pid: field_offset(&exec, "pid").unwrap_or(u32::MAX),
+        exit_group_dead: field_offset(&exit, "group_dead").unwrap_or(u32::MAX),
+        _pad: 0,
+    })
+}
+
+impl Probes {
+    /// Loads the eBPF object with a TLS ring buffer of `ring_bytes` (power of two, >= 4 KiB).
+    pub fn load(ring_bytes: u32) -> Result<Self> {
+        raise_memlock();
+        let ebpf = EbpfLoader::new()
+            .map_max_entries("TLS_EVENTS", ring_bytes)
+            .load(EBPF_OBJECT)
+            .context("load eBPF object (are you root, with BPF enabled?)")?;
+        Ok(Probes {
+            ebpf,
+            attached: HashSet::new(),
+            uprobes: 0,
+        })
+    }
+
+    /// Forwards aya-log messages from the kernel programs to the agent's log.
+    pub fn start_kernel_log(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        match aya_log::EbpfLogger::init(&mut self.ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                debug!("eBPF logger not started: {e}");
+                None
+            }
+        }
+    }
+
+    /// Loads every uprobe program (attachment happens per file later).
+    pub fn load_uprobes(&mut self) -> Result<()> {
+        for (_, entry, ret) in OPENSSL_FUNCTIONS {
+            for name in [entry, ret] {
+                let p: &mut UProbe = self
+                    .ebpf
+                    .program_mut(name)
+                    .ok_or_else(|| anyhow!("program {name} missing from eBPF object"))?
+                    .try_into()?;
+                p.load().with_context(|| format!("load {name}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches the exec/exit tracepoints that feed the process cache and discovery.
+    pub fn attach_process_tracepoints(&mut self) -> Result<()> {
+        let tracefs = tracefs()?;
+        let offsets = tracepoint_offsets(tracefs)?;
+        let mut map: Array<_, TracepointOffsets> = Array::try_from(
+            self.ebpf
+                .map_mut("TP_OFFSETS")
+                .ok_or_else(|| anyhow!("TP_OFFSETS map missing"))?,
+        )?;
+        map.set(0, &offsets, 0)?;
+        for name in ["sched_process_exec", "sched_process_exit"] {
+            let p: &mut TracePoint = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing"))?
+                .try_into()?;
+            p.load().with_context(|| format!("load {name}"))?;
+            p.attach("sched", name)
+                .with_context(|| format!("attach tracepoint sched/{name}"))?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the TLS probes to one file, unless that file (device, inode) already has them.
+    /// Returns the number of probes attached.
+    pub fn attach_tls(&mut self, t: &Target) -> Result<usize> {
+        if !self.attached.insert((t.dev, t.ino)) {
+            return Ok(0);
+        }
+        let mut n = 0;
+        for (func, entry, ret) in OPENSSL_FUNCTIONS {
+            let Some(f) = t.functions.iter().find(|f| f.name == func) else {
+                continue;
+            };
+            let location = UProbeAttachLocation::from_virtual_address(
+                f.address,
+                f.section_address,
+                f.section_offset,
+            )?;
+            for prog in [entry, ret] {
+                let p: &mut UProbe = self
+                    .ebpf
+                    .program_mut(prog)
+                    .ok_or_else(|| anyhow!("program {prog} missing"))?
+                    .try_into()?;
+                match p.attach([location], &t.open_path, UProbeScope::AllProcesses) {
+                    Ok(_) => n += 1,
+                    Err(e) => warn!(file = %t.path, function = func, "attach failed: {e}"),
+                }
+            }
+        }
+        self.uprobes += n;
+        info!(file = %t.path, probes = n, "TLS library attached");
+        Ok(n)
+    }
+
+    /// Files with TLS probes attached.
+    pub fn files_attached(&self) -> usize {
+        self.attached.len()
+    }
+
+    pub fn uprobes_attached(&self) -> usize {
+        self.uprobes
+    }
+
+    pub fn take_ring(&mut self, name: &str) -> Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map(name)
+            .ok_or_else(|| anyhow!("map {name} missing"))?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    pub fn take_counters(&mut self) -> Result<CounterReader> {
+        let map = self
+            .ebpf
+            .take_map("COUNTERS")
+            .ok_or_else(|| anyhow!("COUNTERS map missing"))?;
+        Ok(CounterReader(PerCpuArray::try_from(map)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_field_offsets() {
+        let exec = "\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
+                    \tfield:__data_loc char[] filename;\toffset:8;\tsize:4;\tsigned:0;\n\
+                    \tfield:pid_t pid;\toffset:12;\tsize:4;\tsigned:1;\n";
+        assert_eq!(field_offset(exec, "filename"), Some(8));
+        assert_eq!(field_offset(exec, "pid"), Some(12));
+        assert_eq!(field_offset(exec, "group_dead"), None);
+        let exit = "\tfield:bool group_dead;\toffset:32;\tsize:1;\tsigned:0;\n";
+        assert_eq!(field_offset(exit, "group_dead"), Some(32));
+    }
+}
