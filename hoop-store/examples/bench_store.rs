@@ -1,0 +1,130 @@
+//! Store benchmark: `cargo run --release -p hoop-store --example bench_store -- --events 1000000`
+//! Ingests generated, masked events, then times a filtered query and a full report.
+
+use hoop_store::testgen::Gen;
+use hoop_store::{Filter, Masker, Store, StoreConfig, query, report};
+use std::time::Instant;
+
+fn du(p: &std::path::Path) -> u64 {
+    let mut n = 0;
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            let p = e.path();
+            n += if p.is_dir() {
+                du(&p)
+            } else {
+                e.metadata().map(|m| m.len()).unwrap_or(0)
+            };
+        }
+    }
+    n
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut events: u64 = 1_000_000;
+    let mut dir_arg = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--events" => events = args.next().and_then(|v| v.parse().ok()).unwrap_or(events),
+            "--dir" => dir_arg = args.next(),
+            other => anyhow::bail!("unknown argument {other:?} (use --events N [--dir D])"),
+        }
+    }
+    let tmp = tempfile::tempdir()?;
+    let dir = dir_arg
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| tmp.path().join("store"));
+    let now = hoop_store::timefmt::now_ns();
+    let span = 24 * 3600 * 1_000_000_000u64;
+    let start = now - span;
+    let store = Store::open(&dir, StoreConfig::default())?;
+    let masker = Masker::new(&[], b"bench-node-key-0123456789abcdef!")?;
+    let mut generator = Gen::new(42, 50);
+    let chunk = 20_000u64;
+    let (mut t_gen, mut t_ingest) = (0f64, 0f64);
+    let mut i = 0u64;
+    while i < events {
+        let n = chunk.min(events - i);
+        let t0 = Instant::now();
+        let recs: Vec<_> = (i..i + n)
+            .map(|k| {
+                let mut r = generator.record(start + k * (span / events), k % 7 == 0);
+                masker.apply(&mut r);
+                r
+            })
+            .collect();
+        t_gen += t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        for r in &recs {
+            store.append(r)?;
+        }
+        t_ingest += t1.elapsed().as_secs_f64();
+        i += n;
+    }
+    let t1 = Instant::now();
+    store.flush()?;
+    t_ingest += t1.elapsed().as_secs_f64();
+    println!("events:            {events}");
+    println!(
+        "generate+mask:     {:.0} events/s (not part of ingest)",
+        events as f64 / t_gen
+    );
+    println!(
+        "ingest:            {:.0} events/s ({t_ingest:.2} s incl. final flush)",
+        events as f64 / t_ingest
+    );
+
+    let id = Gen::identity(0).principal_arn.unwrap_or_default();
+    let f = Filter {
+        identity: Some(id.clone()),
+        action: Some("s3:GetObject".into()),
+        since: Some(now - 3600 * 1_000_000_000),
+        ..Default::default()
+    };
+    let _ = query::query(&store, &f)?; // warm the cache once, as a running agent would be
+    let t = Instant::now();
+    let got = query::query(&store, &f)?;
+    println!(
+        "filtered query:    {:.1} ms ({} records; identity + action, last hour)",
+        t.elapsed().as_secs_f64() * 1e3,
+        got.len()
+    );
+    let f2 = Filter {
+        action: Some("s3:Get*".into()),
+        decision: Some("deny".into()),
+        since: Some(now - 6 * 3600 * 1_000_000_000),
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let got = query::query(&store, &f2)?;
+    println!(
+        "filtered query 2:  {:.1} ms ({} records; action glob + decision, last 6 h)",
+        t.elapsed().as_secs_f64() * 1e3,
+        got.len()
+    );
+    let t = Instant::now();
+    let r = report::build(&store, &Filter::default())?;
+    println!(
+        "full report:       {:.2} s ({} identities, {} calls)",
+        t.elapsed().as_secs_f64(),
+        r.identities.len(),
+        r.total_calls
+    );
+    let t = Instant::now();
+    let md = report::render_html(&r);
+    println!(
+        "render html:       {:.1} ms ({} bytes)",
+        t.elapsed().as_secs_f64() * 1e3,
+        md.len()
+    );
+    let stats = store.stats();
+    store.close()?;
+    let disk = du(&dir);
+    println!(
+        "bytes on disk:     {disk} ({:.0} bytes/event; log payload {:.0} bytes/event)",
+        disk as f64 / events as f64,
+        stats.bytes as f64 / events as f64
+    );
+    Ok(())
+}
