@@ -219,51 +219,130 @@ impl Acc {
     }
 }
 
+fn add_view(accs: &mut HashMap<String, Acc>, v: &View<'_>) {
+    let key: &str = v
+        .identity
+        .principal_arn
+        .as_deref()
+        .or(v.identity.access_key_id.as_deref())
+        .unwrap_or("unsigned");
+    match accs.get_mut(key) {
+        Some(a) => a.add(v),
+        None => accs.entry(key.to_string()).or_default().add(v),
+    }
+}
+
+impl Acc {
+    fn merge(&mut self, o: Acc) {
+        if o.calls == 0 {
+            return;
+        }
+        if self.calls == 0 || o.first < self.first {
+            self.first = o.first;
+        }
+        self.last = self.last.max(o.last);
+        self.calls += o.calls;
+        self.errors += o.errors;
+        self.denied += o.denied;
+        self.approved += o.approved;
+        self.approval_requested += o.approval_requested;
+        self.would_deny += o.would_deny;
+        if self.principal.is_none() {
+            self.principal = o.principal;
+        }
+        self.keys.extend(o.keys);
+        self.workloads.extend(o.workloads);
+        for (k, a) in o.actions {
+            let m = self.actions.entry(k).or_default();
+            m.calls += a.calls;
+            m.errors += a.errors;
+            m.denied += a.denied;
+            m.resources.extend(a.resources);
+        }
+        for (k, n) in o.resources {
+            *self.resources.entry(k).or_default() += n;
+        }
+        for (k, n) in o.error_codes {
+            *self.error_codes.entry(k).or_default() += n;
+        }
+        self.times.extend(o.times);
+    }
+}
+
+/// Accumulate log entries with key time in `[lo, hi]` (parsing only the report's fields).
+fn scan_part(store: &Store, lo: u64, hi: u64, f: &Filter) -> HashMap<String, Acc> {
+    let mut accs = HashMap::new();
+    let t = store.trees();
+    let lo = crate::index::make_key(lo, 0);
+    let hi = crate::index::make_key(hi, u64::MAX);
+    for (_, v) in t.log.range(lo..=hi).filter_map(|r| r.ok()) {
+        let Some(d) = chain::decode(&v) else { continue };
+        let Ok(view) = serde_json::from_slice::<View<'_>>(d.body) else {
+            continue;
+        };
+        if f.since.is_some_and(|s| view.time_ns < s) || f.until.is_some_and(|u| view.time_ns > u) {
+            continue;
+        }
+        add_view(&mut accs, &view);
+    }
+    accs
+}
+
 /// Build the report over the records a filter selects.
 pub fn build(store: &Store, f: &Filter) -> Result<Report, StoreError> {
-    let mut accs: HashMap<String, Acc> = HashMap::new();
-    let mut add = |v: &View<'_>| {
-        let key: &str = v
-            .identity
-            .principal_arn
-            .as_deref()
-            .or(v.identity.access_key_id.as_deref())
-            .unwrap_or("unsigned");
-        match accs.get_mut(key) {
-            Some(a) => a.add(v),
-            None => accs.entry(key.to_string()).or_default().add(v),
-        }
-    };
     let only_time = Filter {
         since: f.since,
         until: f.until,
         ..Default::default()
     } == *f;
+    let mut accs: HashMap<String, Acc> = HashMap::new();
     if only_time {
-        // Whole-range reports parse only the fields they need.
+        // Whole-range reports split the log in two halves by key time, one thread each.
         let (_, skew, _) = store.bounds();
-        let hi = f.until.map(|u| u.saturating_add(skew));
         let t = store.trees();
-        let lo = crate::index::make_key(f.since.unwrap_or(0), 0);
-        let hi = crate::index::make_key(hi.unwrap_or(u64::MAX), u64::MAX);
-        for (_, v) in t.log.range(lo..=hi).filter_map(|r| r.ok()) {
-            let Some(d) = chain::decode(&v) else { continue };
-            let Ok(view) = serde_json::from_slice::<View<'_>>(d.body) else {
-                continue;
-            };
-            if f.since.is_some_and(|s| view.time_ns < s)
-                || f.until.is_some_and(|u| view.time_ns > u)
-            {
-                continue;
+        let first = t
+            .log
+            .first()
+            .ok()
+            .flatten()
+            .map(|(k, _)| crate::index::key_time(&k));
+        let last = t
+            .log
+            .last()
+            .ok()
+            .flatten()
+            .map(|(k, _)| crate::index::key_time(&k));
+        let (Some(first), Some(last)) = (first, last) else {
+            return Ok(finish(accs));
+        };
+        let lo = f.since.unwrap_or(0).max(first);
+        let hi = f
+            .until
+            .map(|u| u.saturating_add(skew))
+            .unwrap_or(u64::MAX)
+            .min(last);
+        if lo <= hi {
+            let mid = lo + (hi - lo) / 2;
+            let (a, b) = std::thread::scope(|sc| {
+                let h = sc.spawn(|| scan_part(store, lo, mid, f));
+                let b = if mid < hi {
+                    scan_part(store, mid + 1, hi, f)
+                } else {
+                    HashMap::new()
+                };
+                (h.join().unwrap_or_default(), b)
+            });
+            accs = a;
+            for (k, v) in b {
+                accs.entry(k).or_default().merge(v);
             }
-            add(&view);
         }
     } else {
         query::for_each(store, f, |e| {
             if let Ok(body) = serde_json::to_vec(&e.record)
                 && let Ok(view) = serde_json::from_slice::<View<'_>>(&body)
             {
-                add(&view);
+                add_view(&mut accs, &view);
             }
             true
         })?;

@@ -16,6 +16,8 @@ pub const MARKER: &str = "HOOP-STORE";
 /// On-disk format written by this version.
 pub const FORMAT: u32 = 1;
 const MARKER_PREFIX: &str = "hoop-store format ";
+/// 50 ms apart: how long to wait for a just-closed handle's file lock.
+const LOCK_RETRIES: u32 = 20;
 
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
@@ -259,7 +261,19 @@ fn open_sled(dir: &Path, sled_dir: &Path, cfg: &StoreConfig) -> Result<Trees> {
         .flush_every_ms(None)
         .mode(sled::Mode::HighThroughput);
     // sled panics on some malformed files instead of returning an error.
-    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || conf.open()));
+    let open = || std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| conf.open()));
+    let mut opened = open();
+    // sled's background threads release the previous handle's file lock a moment after the
+    // last Db is dropped: a quick restart (or reopen in tests) waits for it briefly.
+    for _ in 0..LOCK_RETRIES {
+        match &opened {
+            Ok(Err(e)) if matches!(map_open_err(dir, e.clone()), StoreError::Locked(_)) => {
+                std::thread::sleep(Duration::from_millis(50));
+                opened = open();
+            }
+            _ => break,
+        }
+    }
     let db = match opened {
         Ok(Ok(db)) => db,
         Ok(Err(e)) => return Err(map_open_err(dir, e)),
@@ -325,12 +339,15 @@ fn probe_lock(dir: &Path, sled_dir: &Path) -> Result<Option<fs::File>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    // SAFETY: flock on a file descriptor we own; no memory is shared.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
-    if rc != 0 {
-        return Err(StoreError::Locked(dir.to_path_buf()));
+    for _ in 0..LOCK_RETRIES {
+        // SAFETY: flock on a file descriptor we own; no memory is shared.
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(Some(f));
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(Some(f))
+    Err(StoreError::Locked(dir.to_path_buf()))
 }
 
 fn validated_copy(
