@@ -218,6 +218,7 @@ fn find<'r>(
         .and_then(action_version)
         .or_else(|| action_version(query));
     let qpairs: Vec<(&str, &str)> = params::pairs(query).collect();
+    let trailing_slash = path.len() > 1 && path.ends_with('/');
 
     let mut best: Option<(i32, u8, Hit<'r>)> = None;
     let mut consider = |score: i32, pref: u8, hit: Hit<'r>| {
@@ -228,7 +229,7 @@ fn find<'r>(
             best = Some((score, pref, hit));
         }
     };
-    for &i in &cands {
+    for &i in cands.iter() {
         let Some(svc) = m.services.get(i) else {
             continue;
         };
@@ -275,7 +276,7 @@ fn find<'r>(
             };
             let mut route_best: Option<(i32, &'static Route)> = None;
             for r in routes {
-                if let Some(s) = match_route(svc, r, segs_ref, &qpairs, req)
+                if let Some(s) = match_route(svc, r, segs_ref, &qpairs, req, trailing_slash)
                     && route_best.is_none_or(|(bs, _)| s > bs)
                 {
                     route_best = Some((s, r));
@@ -303,33 +304,33 @@ fn find<'r>(
     best.map(|(_, _, h)| h)
 }
 
-fn candidates(m: &Model, signing: Option<&str>, hinfo: &HostInfo) -> Vec<usize> {
+fn candidates(m: &'static Model, signing: Option<&str>, hinfo: &HostInfo) -> Cow<'static, [usize]> {
     let by_sign: &[usize] = signing
         .and_then(|s| {
             m.by_signing_name
                 .get(s)
                 .or_else(|| m.by_endpoint_prefix.get(s))
         })
-        .map_or(&[], Vec::as_slice);
-    let host = hinfo.services.as_slice();
-    let mut out: Vec<usize> = if !host.is_empty() && !by_sign.is_empty() {
-        let both: Vec<usize> = host
-            .iter()
-            .copied()
-            .filter(|i| by_sign.contains(i))
-            .collect();
-        if both.is_empty() {
-            host.iter().chain(by_sign).copied().collect()
-        } else {
-            both
-        }
-    } else if !host.is_empty() {
-        host.to_vec()
+        .map_or(&[][..], Vec::as_slice);
+    let host = hinfo.services;
+    if host.is_empty() {
+        return Cow::Borrowed(by_sign);
+    }
+    if by_sign.is_empty() || host == by_sign {
+        return Cow::Borrowed(host);
+    }
+    let both: Vec<usize> = host
+        .iter()
+        .copied()
+        .filter(|i| by_sign.contains(i))
+        .collect();
+    if both.is_empty() {
+        let mut all: Vec<usize> = host.iter().chain(by_sign).copied().collect();
+        all.dedup();
+        Cow::Owned(all)
     } else {
-        by_sign.to_vec()
-    };
-    out.dedup();
-    out
+        Cow::Owned(both)
+    }
 }
 
 /// The body as a form (`a=b&c=d`) when it is one.
@@ -380,6 +381,7 @@ fn match_route(
     segs: &[&str],
     q: &[(&str, &str)],
     req: &HttpRequest<'_>,
+    trailing_slash: bool,
 ) -> Option<i32> {
     let span = greedy_span(r, segs)?;
     let mut score = 0i32;
@@ -406,8 +408,7 @@ fn match_route(
             }
         }
     }
-    let slash = req.path().len() > 1 && req.path().ends_with('/');
-    if slash == r.trailing_slash {
+    if trailing_slash == r.trailing_slash {
         score += 1;
     }
     let lookup = |k: &str| q.iter().find(|(qk, _)| *qk == k).map(|(_, v)| *v);
@@ -488,7 +489,7 @@ fn collect_params<'r>(
                         }
                     };
                     let member = op.label_member(label);
-                    let value: Cow<'r, str> = Cow::Owned(params::decode(raw, false).into_owned());
+                    let value = params::decode(raw, false);
                     match (&hinfo.access_point, member) {
                         (Some((name, acct)), "Bucket") if svc.name == "s3" => {
                             p.push("AccessPoint", name.as_str());

@@ -6,7 +6,7 @@ use crate::model::Model;
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct HostInfo {
     /// Indexes of services whose endpoint prefix the host names (empty: not an AWS host).
-    pub services: Vec<usize>,
+    pub services: &'static [usize],
     pub region: Option<String>,
     /// S3 virtual-hosted-style bucket.
     pub bucket: Option<String>,
@@ -68,67 +68,90 @@ fn normalize(host: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-pub fn parse_host(model: &Model, host: &str) -> HostInfo {
+/// Host names of the S3 data plane that are not endpoint prefixes in the model.
+fn s3_data_plane(label: &str) -> Option<bool> {
+    match label {
+        "s3-accesspoint" | "s3-object-lambda" => Some(true),
+        "s3-website" => Some(false),
+        l if l.starts_with("s3express-") && l != "s3express-control" => Some(false),
+        _ => None,
+    }
+}
+
+pub fn parse_host(model: &'static Model, host: &str) -> HostInfo {
     let mut info = HostInfo::default();
     let host = normalize(host);
     let Some(stem) = AWS_SUFFIXES.iter().find_map(|s| host.strip_suffix(s)) else {
         return info;
     };
     info.aws = true;
-    let labels: Vec<&str> = stem.split('.').collect();
-    // The region is the last label that looks like one; legacy S3 hosts fold it into
-    // `s3-<region>` / `s3-website-<region>`.
-    let region_at = labels.iter().rposition(|l| is_region(l));
-    let mut prefix_labels: Vec<&str> = match region_at {
-        Some(i) => {
-            info.region = labels.get(i).map(|r| r.to_string());
-            labels[..i].to_vec()
-        }
-        None => labels.clone(),
-    };
-    prefix_labels.retain(|l| *l != "dualstack" && *l != "fips");
-    if let Some(last) = prefix_labels.last_mut() {
-        if let Some(stripped) = last.strip_suffix("-fips") {
-            *last = stripped;
-        }
-        if info.region.is_none()
-            && let Some(r) = last.strip_prefix("s3-").filter(|r| is_region(r))
-        {
-            info.region = Some(r.to_string());
-            *last = "s3";
-        }
-    }
-    // S3 data-plane host forms that are not endpoint prefixes in the model.
-    if let Some(last) = prefix_labels.last_mut()
-        && (*last == "s3-accesspoint"
-            || *last == "s3-object-lambda"
-            || last.starts_with("s3express-")
-            || *last == "s3-website")
-        && *last != "s3express-control"
-    {
-        let ap = *last == "s3-accesspoint" || *last == "s3-object-lambda";
-        *last = "s3";
-        if ap && prefix_labels.len() >= 2 {
-            let lead = prefix_labels[..prefix_labels.len() - 1].join(".");
-            // `<name>-<12-digit account>`
-            if let Some((name, acct)) = lead.rsplit_once('-')
-                && acct.len() == 12
-                && acct.bytes().all(|b| b.is_ascii_digit())
-            {
-                info.access_point = Some((name.to_string(), acct.to_string()));
-            }
-        }
-    }
-    // Longest suffix of the remaining labels that is an endpoint prefix; leading labels are
-    // a bucket, an account id host prefix, an API id...
-    for start in 0..prefix_labels.len() {
-        let candidate = prefix_labels[start..].join(".");
-        if let Some(svcs) = model.by_endpoint_prefix.get(&candidate) {
-            info.services = svcs.clone();
-            if start > 0 && candidate == "s3" && info.access_point.is_none() {
-                info.bucket = Some(prefix_labels[..start].join("."));
-            }
+    // The region is the last label that looks like one; what precedes it names the service.
+    let mut prefix = stem;
+    let mut end = stem.len();
+    for label in stem.rsplit('.') {
+        let start = end - label.len();
+        if is_region(label) {
+            info.region = Some(label.to_string());
+            prefix = &stem[..start.saturating_sub(1)];
             break;
+        }
+        end = start.saturating_sub(1);
+    }
+    while let Some(p) = prefix
+        .strip_suffix(".dualstack")
+        .or_else(|| prefix.strip_suffix(".fips"))
+    {
+        prefix = p;
+    }
+    let (lead, last) = prefix.rsplit_once('.').unwrap_or(("", prefix));
+    // Forms whose last label is not itself an endpoint prefix: `s3-fips`, legacy
+    // `s3-<region>`, access points, S3 Express zonal endpoints.
+    let mut special = last.strip_suffix("-fips").map(|l| (l, false));
+    if info.region.is_none()
+        && let Some(r) = last.strip_prefix("s3-").filter(|r| is_region(r))
+    {
+        info.region = Some(r.to_string());
+        special = Some(("s3", false));
+    }
+    if let Some(ap) = s3_data_plane(last) {
+        special = Some(("s3", ap));
+    }
+    match special {
+        Some((name, ap)) => {
+            if let Some(svcs) = model.by_endpoint_prefix.get(name) {
+                info.services = svcs;
+            }
+            if ap {
+                // `<name>-<12-digit account>`
+                if let Some((name, acct)) = lead.rsplit_once('-')
+                    && acct.len() == 12
+                    && acct.bytes().all(|b| b.is_ascii_digit())
+                {
+                    info.access_point = Some((name.to_string(), acct.to_string()));
+                }
+            } else if name == "s3" && !lead.is_empty() {
+                info.bucket = Some(lead.to_string());
+            }
+        }
+        None => {
+            // Longest label-suffix that is an endpoint prefix; leading labels are a bucket, an
+            // account id host prefix, an API id...
+            let mut cand = prefix;
+            loop {
+                if let Some(svcs) = model.by_endpoint_prefix.get(cand) {
+                    info.services = svcs;
+                    let lead = &prefix[..prefix.len() - cand.len()];
+                    let lead = lead.strip_suffix('.').unwrap_or(lead);
+                    if cand == "s3" && !lead.is_empty() {
+                        info.bucket = Some(lead.to_string());
+                    }
+                    break;
+                }
+                match cand.split_once('.') {
+                    Some((_, rest)) => cand = rest,
+                    None => break,
+                }
+            }
         }
     }
     info

@@ -2,8 +2,53 @@
 //! indexed for the classifier.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io::Read;
 use std::sync::LazyLock;
+
+/// FxHash (rustc's hasher): the tables are fixed at load time and only looked up per
+/// request, so hash flooding cannot grow them; SipHash would be a large share of the cost.
+#[derive(Default, Clone, Copy)]
+pub struct FxHasher {
+    hash: u64,
+}
+
+impl FxHasher {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let (words, rest) = bytes.as_chunks::<8>();
+        for w in words {
+            self.add(u64::from_le_bytes(*w));
+        }
+        for &b in rest {
+            self.add(u64::from(b));
+        }
+    }
+
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.hash
+    }
+}
+
+pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
 static MODEL_GZ: &[u8] = include_bytes!("../data/aws-model.tsv.gz");
 
@@ -70,9 +115,9 @@ pub struct Service {
     pub full_name: String,
     pub global_endpoint: String,
     pub operations: Vec<Operation>,
-    pub(crate) op_index: HashMap<String, u32>,
+    pub(crate) op_index: FastMap<String, u32>,
     /// Routes grouped by HTTP method (upper case).
-    pub(crate) routes: HashMap<String, Vec<Route>>,
+    pub(crate) routes: FastMap<String, Vec<Route>>,
 }
 
 impl Service {
@@ -98,10 +143,10 @@ pub struct Model {
     pub services: Vec<Service>,
     /// Comment lines of the data file (origin, licence).
     pub header: Vec<String>,
-    pub(crate) by_name: HashMap<String, usize>,
-    pub(crate) by_signing_name: HashMap<String, Vec<usize>>,
-    pub(crate) by_endpoint_prefix: HashMap<String, Vec<usize>>,
-    pub(crate) by_target_prefix: HashMap<String, Vec<usize>>,
+    pub(crate) by_name: FastMap<String, usize>,
+    pub(crate) by_signing_name: FastMap<String, Vec<usize>>,
+    pub(crate) by_endpoint_prefix: FastMap<String, Vec<usize>>,
+    pub(crate) by_target_prefix: FastMap<String, Vec<usize>>,
 }
 
 static MODEL: LazyLock<Model> = LazyLock::new(|| {
@@ -195,8 +240,8 @@ impl Model {
                     full_name: f[10].to_string(),
                     global_endpoint: f[11].to_string(),
                     operations: Vec::new(),
-                    op_index: HashMap::new(),
-                    routes: HashMap::new(),
+                    op_index: FastMap::default(),
+                    routes: FastMap::default(),
                 }),
                 Some(&"O") if f.len() >= 7 => {
                     let Some(svc) = services.last_mut() else {
@@ -221,10 +266,10 @@ impl Model {
         let mut m = Model {
             services,
             header,
-            by_name: HashMap::new(),
-            by_signing_name: HashMap::new(),
-            by_endpoint_prefix: HashMap::new(),
-            by_target_prefix: HashMap::new(),
+            by_name: FastMap::default(),
+            by_signing_name: FastMap::default(),
+            by_endpoint_prefix: FastMap::default(),
+            by_target_prefix: FastMap::default(),
         };
         for (i, svc) in m.services.iter_mut().enumerate() {
             for (j, op) in svc.operations.iter().enumerate() {

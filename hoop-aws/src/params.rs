@@ -121,7 +121,9 @@ pub fn scan_json<'a>(body: &'a [u8], out: &mut Params<'a>) {
                             out.push(key.clone(), v);
                         }
                         Some(_) => {
-                            if !p.skip_value() {
+                            let at = p.i;
+                            // No progress means a stray closer: malformed, stop.
+                            if !p.skip_value() || p.i == at {
                                 return;
                             }
                         }
@@ -306,6 +308,9 @@ mod tests {
             b"[1,2]",
             b"{\"a\":\"\xff\"}",
             b"{\"a\":1,,}",
+            // A stray closer inside an array once looped forever.
+            b"{\"a\":[}",
+            b"{\"a\":[1,}]}",
         ] {
             let mut p = Params::default();
             scan_json(b, &mut p);

@@ -1,9 +1,9 @@
 //! The hand-maintained tables next to the generated model: IAM action exceptions and
 //! read-only flags (`data/iam.tsv`), resource ARN templates (`data/resources.tsv`).
 
-use std::collections::HashMap;
 use std::sync::LazyLock;
 
+use crate::model::FastMap;
 use crate::params::Params;
 
 static IAM_TSV: &str = include_str!("../data/iam.tsv");
@@ -11,15 +11,16 @@ static RESOURCES_TSV: &str = include_str!("../data/resources.tsv");
 
 #[derive(Debug, Default)]
 pub struct IamTable {
-    prefix: HashMap<String, String>,
-    action: HashMap<(String, String), String>,
-    version: HashMap<(String, String), String>,
+    prefix: FastMap<String, String>,
+    /// service -> operation -> value: looked up by `&str` without building keys.
+    action: FastMap<String, FastMap<String, String>>,
+    version: FastMap<String, FastMap<String, String>>,
     method: Vec<String>,
-    readonly: HashMap<(String, String), bool>,
+    readonly: FastMap<String, FastMap<String, bool>>,
 }
 
 static IAM: LazyLock<IamTable> = LazyLock::new(|| IamTable::parse(IAM_TSV));
-static RESOURCES: LazyLock<HashMap<String, Vec<Rule>>> =
+static RESOURCES: LazyLock<FastMap<String, Vec<Rule>>> =
     LazyLock::new(|| parse_rules(RESOURCES_TSV));
 
 pub fn iam() -> &'static IamTable {
@@ -36,20 +37,28 @@ impl IamTable {
         let mut t = IamTable::default();
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let f: Vec<&str> = line.split('\t').collect();
-            let key = |i: usize| (f[1].to_string(), f[i].to_string());
             match (f.first().copied(), f.len()) {
                 (Some("prefix"), 3) => {
                     t.prefix.insert(f[1].to_string(), f[2].to_string());
                 }
                 (Some("action"), 4) => {
-                    t.action.insert(key(2), f[3].to_string());
+                    t.action
+                        .entry(f[1].to_string())
+                        .or_default()
+                        .insert(f[2].to_string(), f[3].to_string());
                 }
                 (Some("version"), 4) => {
-                    t.version.insert(key(2), f[3].to_string());
+                    t.version
+                        .entry(f[1].to_string())
+                        .or_default()
+                        .insert(f[2].to_string(), f[3].to_string());
                 }
                 (Some("method"), 2) => t.method.push(f[1].to_string()),
                 (Some("readonly"), 4) => {
-                    t.readonly.insert(key(2), f[3] == "true");
+                    t.readonly
+                        .entry(f[1].to_string())
+                        .or_default()
+                        .insert(f[2].to_string(), f[3] == "true");
                 }
                 _ => {}
             }
@@ -73,12 +82,14 @@ impl IamTable {
         method: &str,
         versioned: bool,
     ) -> String {
-        let key = (service.to_string(), operation.to_string());
-        if versioned && let Some(a) = self.version.get(&key) {
-            return a.clone();
+        let get = |m: &FastMap<String, FastMap<String, String>>| {
+            m.get(service).and_then(|ops| ops.get(operation)).cloned()
+        };
+        if versioned && let Some(a) = get(&self.version) {
+            return a;
         }
-        if let Some(a) = self.action.get(&key) {
-            return a.clone();
+        if let Some(a) = get(&self.action) {
+            return a;
         }
         let prefix = self.prefix(service, signing_name);
         if self.method.iter().any(|m| m == service) {
@@ -88,10 +99,7 @@ impl IamTable {
     }
 
     pub fn read_only(&self, service: &str, operation: &str) -> bool {
-        if let Some(&r) = self
-            .readonly
-            .get(&(service.to_string(), operation.to_string()))
-        {
+        if let Some(&r) = self.readonly.get(service).and_then(|o| o.get(operation)) {
             return r;
         }
         READ_VERBS.iter().any(|v| {
@@ -163,8 +171,8 @@ fn parse_template(t: &str) -> Vec<Part> {
     parts
 }
 
-fn parse_rules(text: &str) -> HashMap<String, Vec<Rule>> {
-    let mut rules: HashMap<String, Vec<Rule>> = HashMap::new();
+fn parse_rules(text: &str) -> FastMap<String, Vec<Rule>> {
+    let mut rules: FastMap<String, Vec<Rule>> = FastMap::default();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let f: Vec<&str> = line.split('\t').collect();
         if f.len() != 3 {

@@ -142,7 +142,7 @@ fn classify_built(b: &Built) -> Option<hoop_aws::AwsCall> {
 /// be told apart by any classifier.
 fn wire_key(svc: &Service, op: &Operation, protocol: &str, custom_endpoint: bool) -> String {
     let who = if custom_endpoint {
-        format!("{}", svc.signing_name)
+        svc.signing_name.clone()
     } else {
         svc.endpoint_prefix.clone()
     };
