@@ -56,6 +56,187 @@ fn load() -> Vec<Recorded> {
     out
 }
 
+/// Resource ARNs the recorded requests must yield (account from the principal).
+const EXPECTED_RESOURCES: &[(&str, &str, &str, &str)] = &[
+    (
+        "boto3",
+        "s3",
+        "GetObject",
+        "arn:aws:s3:::rec-bucket/dir/a b.txt",
+    ),
+    ("boto3", "s3", "GetObject", "arn:aws:s3:::vh-bucket/k/1.txt"),
+    ("boto3", "s3", "ListObjectsV2", "arn:aws:s3:::rec-bucket"),
+    (
+        "boto3",
+        "s3",
+        "CopyObject",
+        "arn:aws:s3:::rec-bucket/dir/a b.txt",
+    ),
+    (
+        "js-v3",
+        "s3",
+        "GetObject",
+        "arn:aws:s3:::js-vh-bucket/k/1.txt",
+    ),
+    ("js-v3", "s3", "UploadPart", "arn:aws:s3:::js-bucket/m.bin"),
+    (
+        "boto3",
+        "dynamodb",
+        "GetItem",
+        "arn:aws:dynamodb:us-east-1:123456789012:table/rec-table",
+    ),
+    (
+        "boto3",
+        "dynamodb",
+        "BatchGetItem",
+        "arn:aws:dynamodb:us-east-1:123456789012:table/rec-table",
+    ),
+    (
+        "js-v3",
+        "dynamodb",
+        "BatchWriteItem",
+        "arn:aws:dynamodb:us-east-1:123456789012:table/js-table",
+    ),
+    (
+        "boto3",
+        "lambda",
+        "Invoke",
+        "arn:aws:lambda:us-east-1:123456789012:function:rec-fn",
+    ),
+    (
+        "boto3",
+        "secretsmanager",
+        "GetSecretValue",
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:rec/secret",
+    ),
+    (
+        "boto3",
+        "ssm",
+        "GetParameter",
+        "arn:aws:ssm:us-east-1:123456789012:parameter/rec/param",
+    ),
+    (
+        "boto3",
+        "ssm",
+        "GetParameters",
+        "arn:aws:ssm:us-east-1:123456789012:parameter/other",
+    ),
+    (
+        "boto3",
+        "sqs",
+        "SendMessage",
+        "arn:aws:sqs:us-east-1:123456789012:rec-queue",
+    ),
+    (
+        "js-v3",
+        "sqs",
+        "SendMessage",
+        "arn:aws:sqs:us-east-1:123456789012:js-queue",
+    ),
+    (
+        "boto3",
+        "sns",
+        "Publish",
+        "arn:aws:sns:us-east-1:123456789012:rec-topic",
+    ),
+    (
+        "boto3",
+        "kms",
+        "DescribeKey",
+        "arn:aws:kms:us-east-1:123456789012:alias/rec",
+    ),
+    (
+        "boto3",
+        "iam",
+        "CreateUser",
+        "arn:aws:iam::123456789012:user/rec-user",
+    ),
+    (
+        "boto3",
+        "iam",
+        "AttachRolePolicy",
+        "arn:aws:iam::123456789012:policy/rec-policy",
+    ),
+    (
+        "js-v3",
+        "iam",
+        "CreateRole",
+        "arn:aws:iam::123456789012:role/js-role",
+    ),
+    (
+        "boto3",
+        "sts",
+        "AssumeRole",
+        "arn:aws:iam::123456789012:role/rec-role",
+    ),
+    (
+        "js-v3",
+        "sts",
+        "AssumeRole",
+        "arn:aws:iam::123456789012:role/js-role",
+    ),
+    (
+        "boto3",
+        "ec2",
+        "TerminateInstances",
+        "arn:aws:ec2:us-east-1:123456789012:instance/",
+    ),
+    (
+        "boto3",
+        "ecr",
+        "CreateRepository",
+        "arn:aws:ecr:us-east-1:123456789012:repository/rec-repo",
+    ),
+    (
+        "boto3",
+        "logs",
+        "CreateLogGroup",
+        "arn:aws:logs:us-east-1:123456789012:log-group:/rec/group",
+    ),
+    (
+        "boto3",
+        "kinesis",
+        "DescribeStream",
+        "arn:aws:kinesis:us-east-1:123456789012:stream/rec-stream",
+    ),
+    (
+        "boto3",
+        "cloudformation",
+        "DescribeStacks",
+        "arn:aws:cloudformation:us-east-1:123456789012:stack/rec-stack/*",
+    ),
+    (
+        "boto3",
+        "ecs",
+        "DescribeServices",
+        "arn:aws:ecs:us-east-1:123456789012:service/rec-cluster/rec-svc",
+    ),
+    (
+        "boto3",
+        "eks",
+        "DescribeCluster",
+        "arn:aws:eks:us-east-1:123456789012:cluster/rec-eks",
+    ),
+    (
+        "boto3",
+        "rds",
+        "DescribeDBInstances",
+        "arn:aws:rds:us-east-1:123456789012:db:rec-db",
+    ),
+    (
+        "boto3",
+        "stepfunctions",
+        "DescribeStateMachine",
+        "arn:aws:states:us-east-1:123456789012:stateMachine:rec",
+    ),
+    (
+        "boto3",
+        "events",
+        "DescribeEventBus",
+        "arn:aws:events:us-east-1:123456789012:event-bus/default",
+    ),
+];
+
 #[test]
 fn recorded_sdk_requests() {
     let all = load();
@@ -100,6 +281,31 @@ fn recorded_sdk_requests() {
         failures.len(),
         all.len()
     );
+    for (sdk, svc, op, arn) in EXPECTED_RESOURCES {
+        let hit = all.iter().any(|r| {
+            if r.sdk != *sdk || r.service != *svc || r.operation != *op {
+                return false;
+            }
+            let headers: Vec<(&str, &[u8])> = r
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_slice()))
+                .collect();
+            let req = HttpRequest {
+                method: &r.method,
+                target: &r.target,
+                headers: &headers,
+                body: &r.body,
+            };
+            let cred = sigv4::parse(&req);
+            classify(&req, cred.as_ref(), None, Some("123456789012")).is_some_and(|c| {
+                c.resources
+                    .iter()
+                    .any(|a| a == arn || (arn.ends_with('/') && a.starts_with(arn)))
+            })
+        });
+        assert!(hit, "{sdk} {svc}.{op}: no request names {arn}");
+    }
     eprintln!(
         "{} requests, {} distinct operations, sdks {sdks:?}",
         all.len(),
