@@ -1,6 +1,7 @@
 //! From ring-buffer records to HTTP exchanges: per-connection reassembly of both directions,
 //! request/response pairing, and telling client connections from server ones.
 
+use crate::h2::{H2Conn, Side};
 use crate::http::{self, Http1Stream, Kind, Message};
 use hoop_common::{DIR_READ, DIR_WRITE, FLAG_SKIPPED, TLS_HEADER_LEN, TlsEventHeader};
 use std::collections::{HashMap, VecDeque};
@@ -59,6 +60,8 @@ pub enum Role {
     Server,
     /// Not HTTP/1.x (HTTP/2, another protocol): ignored.
     Other,
+    /// The client side of an HTTP/2 connection (it wrote the preface): parsed by `h2`.
+    Http2,
 }
 
 /// What the request's sender looked like when the request was written.
@@ -81,6 +84,10 @@ pub struct Exchange {
     pub response_ts: Option<u64>,
     pub request: Message,
     pub response: Option<Message>,
+    /// Which probes captured it (`hoop_common::SRC_*`).
+    pub source: u8,
+    /// Carried over HTTP/2 (else HTTP/1.x).
+    pub http2: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -99,9 +106,12 @@ pub struct CaptureStats {
     pub skipped_bytes: u64,
     pub broken_messages: u64,
     pub connections_evicted: u64,
+    /// HTTP/2 connections given up (lost header bytes, bad framing or HPACK).
+    pub h2_broken: u64,
 }
 
 struct Pending {
+    source: u8,
     origin: Origin,
     ts: u64,
     msg: Message,
@@ -118,6 +128,9 @@ struct Conn {
     /// Request bytes of the current call started at this time (first record of a message).
     request_start: Option<(u64, Origin)>,
     counted: crate::http::ParseStats,
+    source: u8,
+    /// HTTP/2 state once the client preface was seen.
+    h2: Option<Box<H2Conn>>,
 }
 
 /// Tunables of the reassembler.
@@ -201,6 +214,8 @@ impl Assembler {
             last_ts: h.ts_ns,
             request_start: None,
             counted: Default::default(),
+            source: h.source,
+            h2: None,
         });
         conn.last_ts = h.ts_ns;
         let dir = h.direction as usize & 1;
@@ -215,6 +230,33 @@ impl Assembler {
             }
             Role::Other => {
                 self.stats.non_http_records += 1;
+                return;
+            }
+            Role::Http2 => {
+                let h2 = conn
+                    .h2
+                    .get_or_insert_with(|| Box::new(H2Conn::new(key, h.source, max_body)));
+                let side = if h.direction == DIR_WRITE {
+                    Side::Client
+                } else {
+                    Side::Server
+                };
+                if h.offset != conn.next_offset[dir] && h.offset > 0 {
+                    let missing = h.offset.saturating_sub(conn.next_offset[dir]);
+                    if h.flags & FLAG_SKIPPED != 0 {
+                        self.stats.skipped_payload += missing as u64;
+                    } else {
+                        self.stats.gaps += 1;
+                    }
+                    h2.gap(side, missing.max(1) as u64, out);
+                }
+                let was_dead = h2.is_dead();
+                h2.feed(side, h, r.data, out);
+                if !was_dead && h2.is_dead() {
+                    self.stats.h2_broken += 1;
+                }
+                let end = h.offset + h.cap_len;
+                conn.next_offset[dir] = if end >= h.full_len { 0 } else { end };
                 return;
             }
             _ => {}
@@ -275,7 +317,12 @@ impl Assembler {
                     });
                     conn.responses
                         .expect_response(msg.head.method.eq_ignore_ascii_case("HEAD"));
-                    conn.pending.push_back(Pending { origin, ts, msg });
+                    conn.pending.push_back(Pending {
+                        source: conn.source,
+                        origin,
+                        ts,
+                        msg,
+                    });
                     if conn.role == Role::Unknown {
                         conn.role = Role::Client;
                     }
@@ -292,6 +339,8 @@ impl Assembler {
                             response_ts: Some(h.ts_ns),
                             request: p.msg,
                             response: Some(msg),
+                            source: p.source,
+                            http2: false,
                         });
                     }
                 }
@@ -337,6 +386,9 @@ impl Assembler {
                     out.push(unanswered(*key, p));
                 }
             }
+            if let Some(h2) = conn.h2.as_mut() {
+                h2.expire(now, cfg.response_timeout_ns, out);
+            }
             if now.saturating_sub(conn.last_ts) > cfg.idle_timeout_ns {
                 dead.push(*key);
             }
@@ -366,6 +418,9 @@ impl Assembler {
         let Some(mut conn) = self.conns.remove(&key) else {
             return;
         };
+        if let Some(h2) = conn.h2.as_mut() {
+            h2.close(out);
+        }
         let mut msgs = Vec::new();
         conn.responses.close(&mut msgs);
         for msg in msgs {
@@ -379,6 +434,8 @@ impl Assembler {
                     response_ts: Some(conn.last_ts),
                     request: p.msg,
                     response: Some(msg),
+                    source: p.source,
+                    http2: false,
                 });
             }
         }
@@ -409,6 +466,8 @@ fn unanswered(key: ConnKey, p: Pending) -> Exchange {
         response_ts: None,
         request: p.msg,
         response: None,
+        source: p.source,
+        http2: false,
     }
 }
 
@@ -424,7 +483,12 @@ fn add(a: http::ParseStats, b: http::ParseStats) -> http::ParseStats {
 /// responses; a server reads requests and writes responses. HTTP/2 starts with its preface.
 fn detect_role(direction: u8, data: &[u8]) -> Role {
     if data.starts_with(b"PRI * HTTP/2") {
-        return Role::Other;
+        // Written: this process is an h2 client. Read: it serves h2.
+        return if direction == DIR_WRITE {
+            Role::Http2
+        } else {
+            Role::Server
+        };
     }
     match direction {
         DIR_WRITE if http::looks_like_request(data) => Role::Client,

@@ -171,7 +171,7 @@ impl Discovery {
             }
             let open_path = PathBuf::from(format!("/proc/{pid}/root{}", m.path));
             // A failed open (process gone) is retried next time the file is seen.
-            let Ok(functions) = openssl_functions(&open_path) else {
+            let Ok(functions) = crate::go_discovery::tls_functions(&open_path) else {
                 continue;
             };
             self.seen.insert((m.dev, m.ino), !functions.is_empty());

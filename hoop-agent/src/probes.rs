@@ -149,6 +149,7 @@ impl Probes {
 
     /// Loads every uprobe program (attachment happens per file later).
     pub fn load_uprobes(&mut self) -> Result<()> {
+        let go = crate::go_discovery::GO_FUNCTIONS.map(|(_, p)| p);
         for (_, entry, ret) in OPENSSL_FUNCTIONS {
             for name in [entry, ret] {
                 let p: &mut UProbe = self
@@ -158,6 +159,14 @@ impl Probes {
                     .try_into()?;
                 p.load().with_context(|| format!("load {name}"))?;
             }
+        }
+        for name in go {
+            let p: &mut UProbe = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing from eBPF object"))?
+                .try_into()?;
+            p.load().with_context(|| format!("load {name}"))?;
         }
         Ok(())
     }
@@ -213,6 +222,25 @@ impl Probes {
                 }
             }
         }
+        // Go crypto/tls: entry probes on Write and Read, one probe per RET of Read.
+        for (func, prog) in crate::go_discovery::GO_FUNCTIONS {
+            for f in t.functions.iter().filter(|f| f.name == func) {
+                let location = UProbeAttachLocation::from_virtual_address(
+                    f.address,
+                    f.section_address,
+                    f.section_offset,
+                )?;
+                let p: &mut UProbe = self
+                    .ebpf
+                    .program_mut(prog)
+                    .ok_or_else(|| anyhow!("program {prog} missing"))?
+                    .try_into()?;
+                match p.attach([location], &t.open_path, UProbeScope::AllProcesses) {
+                    Ok(_) => n += 1,
+                    Err(e) => warn!(file = %t.path, function = func, "attach failed: {e}"),
+                }
+            }
+        }
         self.uprobes += n;
         info!(file = %t.path, probes = n, "TLS library attached");
         Ok(n)
@@ -233,6 +261,11 @@ impl Probes {
             .take_map(name)
             .ok_or_else(|| anyhow!("map {name} missing"))?;
         Ok(RingBuf::try_from(map)?)
+    }
+
+    /// The loaded object, for modules that load their own programs and maps (enforcement).
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
     }
 
     pub fn take_counters(&mut self) -> Result<CounterReader> {

@@ -152,8 +152,16 @@ pub fn build(ex: &Exchange, clock: &Clock) -> Option<CallRecord> {
         duration_ms,
         connection: Connection {
             id: format!("{:x}", ex.key.conn),
-            tls: "openssl".to_string(),
-            http: format!("HTTP/1.{}", head.version),
+            tls: if ex.source == hoop_common::SRC_GO {
+                "go".to_string()
+            } else {
+                "openssl".to_string()
+            },
+            http: if ex.http2 {
+                "HTTP/2".to_string()
+            } else {
+                format!("HTTP/1.{}", head.version)
+            },
         },
         request: Request {
             method: head.method.clone(),

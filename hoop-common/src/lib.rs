@@ -28,6 +28,9 @@ pub const FLAG_SKIPPED: u8 = 1;
 /// Which probe produced a record.
 pub const SRC_OPENSSL: u8 = 0;
 
+/// Record produced by the Go `crypto/tls` probes (`conn` is the `*tls.Conn`).
+pub const SRC_GO: u8 = 1;
+
 /// Indexes into the `COUNTERS` per-CPU array.
 pub mod counter {
     /// Records that could not be written to the ring buffer (it was full).

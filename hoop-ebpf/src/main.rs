@@ -11,6 +11,8 @@
 #![no_std]
 #![no_main]
 
+mod go_tls;
+
 use aya_ebpf::{
     EbpfContext,
     helpers::{
@@ -136,6 +138,21 @@ unsafe fn read_user_u64(addr: u64) -> Option<u64> {
 
 #[inline(always)]
 fn emit<C: EbpfContext>(ctx: &C, args: &CallArgs, moved: u64, direction: u8, id: u64) {
+    emit_from(ctx, args.ssl, args.buf, moved, direction, id, SRC_OPENSSL);
+}
+
+/// Copies `moved` bytes at `buf` into `TLS_EVENTS` records for connection `conn` (shared by the
+/// OpenSSL and Go probes).
+#[inline(always)]
+pub(crate) fn emit_from<C: EbpfContext>(
+    ctx: &C,
+    conn: u64,
+    buf: u64,
+    moved: u64,
+    direction: u8,
+    id: u64,
+    source: u8,
+) {
     let Some(ev) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -144,7 +161,7 @@ fn emit<C: EbpfContext>(ctx: &C, args: &CallArgs, moved: u64, direction: u8, id:
     let uid_gid = bpf_get_current_uid_gid();
     let h = &mut ev.header;
     h.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
-    h.conn = args.ssl;
+    h.conn = conn;
     h.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     h.tgid = (id >> 32) as u32;
     h.tid = id as u32;
@@ -156,7 +173,7 @@ fn emit<C: EbpfContext>(ctx: &C, args: &CallArgs, moved: u64, direction: u8, id:
     };
     h.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     h.direction = direction;
-    h.source = SRC_OPENSSL;
+    h.source = source;
 
     let total = moved;
     // A call longer than all records together keeps its head and its tail: framing (HTTP
@@ -190,7 +207,7 @@ fn emit<C: EbpfContext>(ctx: &C, args: &CallArgs, moved: u64, direction: u8, id:
             bpf_probe_read_user(
                 ev.data.as_mut_ptr().cast(),
                 len as u32,
-                (args.buf + offset) as *const core::ffi::c_void,
+                (buf + offset) as *const core::ffi::c_void,
             )
         };
         if r != 0 {
