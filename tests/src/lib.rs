@@ -117,6 +117,16 @@ pub struct Emulator {
 
 impl Emulator {
     pub fn start() -> Result<Self> {
+        Self::start_with(&[])
+    }
+
+    /// The same emulator offering HTTP/2 over ALPN (`h2`, then `http/1.1`).
+    pub fn start_h2() -> Result<Self> {
+        Self::start_with(&["--http-protocols", "h2,h1"])
+    }
+
+    /// [`Emulator::start`] with extra gunicorn arguments.
+    pub fn start_with(extra: &[&str]) -> Result<Self> {
         let dir = TempDir::new("emu")?;
         let (cert, key) = make_cert(dir.path())?;
         let port = free_port()?;
@@ -128,6 +138,7 @@ impl Emulator {
             .arg(&cert)
             .arg("--keyfile")
             .arg(&key)
+            .args(extra)
             .args(["-b", &format!("127.0.0.1:{port}"), "moto_app:app"])
             .stdout(Stdio::null())
             .stderr(log)

@@ -1,6 +1,7 @@
 // hoop e2e client: AWS SDK for Go v1 against the emulator.
 //
-//	sdkv1 calls    STS, S3, DynamoDB calls; prints {"pid":..,"bucket":..,"table":..}
+//	sdkv1 calls         STS, S3, DynamoDB calls; prints {"pid":..,"bucket":..,"table":..}
+//	sdkv1 wait SECONDS  sleeps (lets an agent attach to the executable first)
 //
 // Endpoint from HOOP_ENDPOINT, CA certificate from HOOP_CA; HTTP/2 is used whenever the server
 // offers it over ALPN.
@@ -31,6 +32,12 @@ func die(err error) {
 }
 
 func main() {
+	if len(os.Args) > 2 && os.Args[1] == "wait" {
+		// Sleeps so an agent can attach to this executable before a measured run.
+		s, _ := strconv.ParseFloat(os.Args[2], 64)
+		time.Sleep(time.Duration(s * float64(time.Second)))
+		return
+	}
 	pem, err := os.ReadFile(os.Getenv("HOOP_CA"))
 	if err != nil {
 		die(err)

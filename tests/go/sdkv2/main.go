@@ -3,6 +3,7 @@
 //	sdkv2 calls                 STS, S3, DynamoDB calls; prints {"pid":..,"bucket":..,"table":..}
 //	sdkv2 stress G N            G goroutines x N STS GetCallerIdentity calls, one shared client
 //	sdkv2 bench SECONDS         sequential GetCallerIdentity for SECONDS; prints {"calls":..}
+//	sdkv2 wait SECONDS          sleeps (lets an agent attach to the executable first)
 //
 // Endpoint from HOOP_ENDPOINT, CA certificate from HOOP_CA; HTTP/2 is used whenever the server
 // offers it over ALPN.
@@ -14,6 +15,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"strconv"
@@ -85,6 +87,11 @@ func calls(ctx context.Context, cfg aws.Config) {
 	if err != nil {
 		die(err)
 	}
+	// Read the body: a response whose body is never read leaves the connection (and the
+	// agent's view of the response) unfinished.
+	if _, err := io.ReadAll(out.Body); err != nil {
+		die(err)
+	}
 	out.Body.Close()
 	if _, err := s3c.ListObjectsV2(ctx, &s3.ListObjectsV2Input{Bucket: &bucket}); err != nil {
 		die(err)
@@ -144,11 +151,17 @@ func bench(ctx context.Context, cfg aws.Config, secs float64) {
 
 func main() {
 	ctx := context.Background()
-	cfg := config()
 	mode := "calls"
 	if len(os.Args) > 1 {
 		mode = os.Args[1]
 	}
+	if mode == "wait" && len(os.Args) > 2 {
+		// Sleeps so an agent can attach to this executable before a measured run.
+		s, _ := strconv.ParseFloat(os.Args[2], 64)
+		time.Sleep(time.Duration(s * float64(time.Second)))
+		return
+	}
+	cfg := config()
 	arg := func(i, def int) int {
 		if len(os.Args) > i {
 			if v, err := strconv.Atoi(os.Args[i]); err == nil {

@@ -1,0 +1,276 @@
+//! End-to-end: Go programs built here with Debian's Go toolchain and the Debian-packaged AWS
+//! SDKs for Go (v1 and v2), probed through `crypto/tls` (no OpenSSL), over HTTP/1.1 and HTTP/2
+//! against the emulator; stripped builds (Go symbol table only); many goroutines; and curl
+//! negotiating HTTP/2 through OpenSSL.
+//!
+//! A Go executable is attached when the agent first sees a process run it. Each test first runs
+//! the binary in a `wait` mode and waits for the agent to log the attachment, so the measured
+//! run is covered from its first call (see docs/http2.md for the exec race).
+
+use hoop_e2e::*;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+static BUILT: Mutex<Option<HashMap<(String, bool), PathBuf>>> = Mutex::new(None);
+
+/// Builds `tests/go/<name>` offline against the Debian-packaged SDKs (cached per test run).
+fn go_bin(name: &str, stripped: bool) -> anyhow::Result<PathBuf> {
+    let mut built = BUILT.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    let map = built.get_or_insert_with(HashMap::new);
+    if let Some(p) = map.get(&(name.to_string(), stripped)) {
+        return Ok(p.clone());
+    }
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go");
+    std::fs::create_dir_all(&out_dir)?;
+    let out = out_dir.join(if stripped {
+        format!("{name}-stripped")
+    } else {
+        name.to_string()
+    });
+    let mut cmd = Command::new("go");
+    cmd.current_dir(repo_root().join("tests/go").join(name))
+        .env("GO111MODULE", "off")
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GOPROXY", "off")
+        .env("GOFLAGS", "")
+        .arg("build")
+        .arg("-o")
+        .arg(&out);
+    if stripped {
+        cmd.arg("-ldflags=-s -w");
+    }
+    cmd.arg(".");
+    let o = cmd
+        .output()
+        .map_err(|e| anyhow::anyhow!("run go build (cargo xtask setup installs golang-go): {e}"))?;
+    anyhow::ensure!(
+        o.status.success(),
+        "go build {name}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    map.insert((name.to_string(), stripped), out.clone());
+    Ok(out)
+}
+
+/// Runs `bin wait` until the agent has attached its probes to `bin`.
+fn attach(agent: &Agent, bin: &Path) -> anyhow::Result<()> {
+    let _warm = Guard(
+        Command::new(bin)
+            .args(["wait", "20"])
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    let path = bin.display().to_string();
+    let start = Instant::now();
+    loop {
+        let done = agent.stderr.lock().is_ok_and(|l| {
+            l.iter()
+                .any(|l| l.contains("TLS library attached") && l.contains(&path))
+        });
+        if done {
+            return Ok(());
+        }
+        anyhow::ensure!(start.elapsed() < WAIT, "agent did not attach to {path}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn go_client(bin: &Path, emu: &Emulator, args: &[&str]) -> Command {
+    let mut c = Command::new(bin);
+    c.args(args);
+    emu.client_env(&mut c);
+    c.env("HOOP_CA", &emu.cert);
+    c
+}
+
+/// Exactly one record of `operation`, captured from Go's TLS over `http`.
+fn one<'a>(recs: &'a [Value], what: &str, operation: &str, http: &str) -> &'a Value {
+    let m = matching(recs, |r| r["aws"]["operation"] == operation);
+    assert_eq!(
+        m.len(),
+        1,
+        "{what}: expected exactly one {operation} record, got {}:\n{}",
+        m.len(),
+        serde_json::to_string_pretty(&recs).unwrap_or_default()
+    );
+    let r = m[0];
+    assert_eq!(r["connection"]["tls"], "go", "{what}: {r}");
+    assert_eq!(r["connection"]["http"], http, "{what}: {r}");
+    assert_eq!(r["response"]["status"], 200, "{what}: {r}");
+    assert_eq!(r["identity"]["access_key_id"], ACCESS_KEY_ID, "{what}");
+    assert_eq!(r["aws"]["region"], REGION, "{what}");
+    r
+}
+
+fn check_calls(agent: &Agent, pid: u32, info: &Value, ops: &[&str], http: &str, what: &str) {
+    let recs = agent.wait_records(pid, WAIT, |r| r.len() >= ops.len());
+    // Let stragglers (duplicates) arrive before counting.
+    std::thread::sleep(Duration::from_millis(500));
+    let recs = {
+        let again = agent.records_of(pid);
+        if again.len() > recs.len() { again } else { recs }
+    };
+    for op in ops {
+        one(&recs, what, op, http);
+    }
+    assert_eq!(recs.len(), ops.len(), "{what}: extra records");
+    let bucket = info["bucket"].as_str().unwrap_or_default();
+    let r = one(&recs, what, "CreateBucket", http);
+    assert!(is_call(r, "PUT", &format!("/{bucket}")), "{what}: {r}");
+    assert_eq!(r["aws"]["service"], "s3");
+    assert_eq!(r["process"]["pid"], pid);
+    let p = one(&recs, what, "PutItem", http);
+    assert_eq!(p["aws"]["service"], "dynamodb");
+    assert!(target_is(p, "DynamoDB_20120810.PutItem"));
+    let s = one(&recs, what, "GetCallerIdentity", http);
+    assert_eq!(s["aws"]["iam_action"], "sts:GetCallerIdentity");
+}
+
+const V2_OPS: [&str; 7] = [
+    "GetCallerIdentity",
+    "CreateBucket",
+    "PutObject",
+    "GetObject",
+    "ListObjectsV2",
+    "CreateTable",
+    "PutItem",
+];
+const V1_OPS: [&str; 6] = [
+    "GetCallerIdentity",
+    "CreateBucket",
+    "PutObject",
+    "ListObjectsV2",
+    "CreateTable",
+    "PutItem",
+];
+
+#[test]
+fn go_sdk_v2_over_http1_is_captured_once_each() -> anyhow::Result<()> {
+    let bin = go_bin("sdkv2", false)?;
+    let emu = Emulator::start()?;
+    let mut agent = Agent::start(&[])?;
+    attach(&agent, &bin)?;
+    let (pid, out) = run_client(go_client(&bin, &emu, &["calls"]))?;
+    let info: Value = serde_json::from_str(out.trim())?;
+    assert_eq!(info["pid"], pid);
+    check_calls(&agent, pid, &info, &V2_OPS, "HTTP/1.1", "go v2 h1");
+    agent.stop()
+}
+
+#[test]
+fn go_sdk_v2_stripped_over_http2_is_captured_once_each() -> anyhow::Result<()> {
+    let bin = go_bin("sdkv2", true)?;
+    let emu = Emulator::start_h2()?;
+    let mut agent = Agent::start(&[])?;
+    attach(&agent, &bin)?;
+    let (pid, out) = run_client(go_client(&bin, &emu, &["calls"]))?;
+    let info: Value = serde_json::from_str(out.trim())?;
+    check_calls(&agent, pid, &info, &V2_OPS, "HTTP/2", "go v2 stripped h2");
+    assert!(
+        agent.log_contains("pclntab"),
+        "stripped build resolved through the Go symbol table"
+    );
+    agent.stop()
+}
+
+#[test]
+fn go_sdk_v1_over_http2_and_http1_is_captured_once_each() -> anyhow::Result<()> {
+    let bin = go_bin("sdkv1", false)?;
+    let emu2 = Emulator::start_h2()?;
+    let emu1 = Emulator::start()?;
+    let mut agent = Agent::start(&[])?;
+    attach(&agent, &bin)?;
+    for (emu, http) in [(&emu2, "HTTP/2"), (&emu1, "HTTP/1.1")] {
+        let (pid, out) = run_client(go_client(&bin, emu, &["calls"]))?;
+        let info: Value = serde_json::from_str(out.trim())?;
+        check_calls(&agent, pid, &info, &V1_OPS, http, &format!("go v1 {http}"));
+    }
+    agent.stop()
+}
+
+/// 50 goroutines x 40 calls on one client (HTTP/2: multiplexed streams on one connection),
+/// then 20 x 20 over HTTP/1.1 (a connection per goroutine): the program exits 0 and every
+/// call is recorded once.
+#[test]
+fn go_many_goroutines_never_crash_and_every_call_is_recorded() -> anyhow::Result<()> {
+    let bin = go_bin("sdkv2", true)?;
+    let emu2 = Emulator::start_h2()?;
+    let emu1 = Emulator::start()?;
+    let mut agent = Agent::start(&[])?;
+    attach(&agent, &bin)?;
+    for (emu, g, n, http) in [(&emu2, 50, 40, "HTTP/2"), (&emu1, 20, 20, "HTTP/1.1")] {
+        let (pid, out) = run_client(go_client(
+            &bin,
+            emu,
+            &["stress", &g.to_string(), &n.to_string()],
+        ))?;
+        let info: Value = serde_json::from_str(out.trim())?;
+        assert_eq!(info["errors"], 0);
+        let want = g * n;
+        let recs = agent.wait_records(pid, Duration::from_secs(60), |r| r.len() >= want);
+        std::thread::sleep(Duration::from_millis(500));
+        let recs = agent.records_of(pid).into_iter().collect::<Vec<_>>();
+        let ok = recs
+            .iter()
+            .filter(|r| {
+                r["aws"]["operation"] == "GetCallerIdentity"
+                    && r["connection"]["http"] == http
+                    && r["connection"]["tls"] == "go"
+                    && r["response"]["status"] == 200
+            })
+            .count();
+        assert_eq!(
+            (ok, recs.len()),
+            (want, want),
+            "{http}: {g} goroutines x {n} calls"
+        );
+    }
+    agent.stop()
+}
+
+#[test]
+fn curl_http2_is_parsed_as_http2() -> anyhow::Result<()> {
+    let emu = Emulator::start_h2()?;
+    let mut agent = Agent::start(&[])?;
+    // The credentials go through a curl config file, not the command line the agent records.
+    let cfg = emu.dir.path().join("curl.cfg");
+    std::fs::write(&cfg, format!("user = \"{ACCESS_KEY_ID}:{SECRET_ACCESS_KEY}\"\n"))?;
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--fail", "--http2", "-K"])
+        .arg(&cfg)
+        .arg("--cacert")
+        .arg(&emu.cert)
+        .args([
+            "--aws-sigv4",
+            &format!("aws:amz:{REGION}:sts"),
+            "--data",
+            "Action=GetCallerIdentity&Version=2011-06-15",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version}",
+        ])
+        .arg(format!("{}/", emu.endpoint()));
+    let (pid, out) = run_client(cmd)?;
+    assert_eq!(out.trim(), "2", "curl negotiated HTTP/2");
+    let recs = agent.wait_records(pid, WAIT, |r| !r.is_empty());
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    let r = &recs[0];
+    assert_eq!(r["connection"]["http"], "HTTP/2");
+    assert_eq!(r["connection"]["tls"], "openssl");
+    assert_eq!(r["aws"]["operation"], "GetCallerIdentity");
+    assert_eq!(r["aws"]["service"], "sts");
+    assert_eq!(r["request"]["method"], "POST");
+    assert_eq!(r["response"]["status"], 200);
+    assert!(r["response"]["request_id"].is_string(), "{r}");
+    assert!(r["duration_ms"].as_f64().is_some_and(|d| d > 0.0), "{r}");
+    let raw = std::fs::read_to_string(&agent.output).unwrap_or_default();
+    assert!(!raw.contains(SECRET_ACCESS_KEY));
+    agent.stop()
+}
