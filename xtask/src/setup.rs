@@ -12,7 +12,33 @@ pub fn setup() -> Result<()> {
     bpf_linker()?;
     python_env()?;
     node_env()?;
+    go_env()?;
     Ok(())
+}
+
+/// Debian packages of the Go toolchain and the AWS SDKs for Go (v1, v2) that the Go/HTTP/2
+/// end-to-end tests build their clients from, offline (`GO111MODULE=off GOPATH=/usr/share/gocode`).
+const GO_PACKAGES: [&str; 3] = [
+    "golang-go",
+    "golang-github-aws-aws-sdk-go-v2-dev",
+    "golang-github-aws-aws-sdk-go-dev",
+];
+
+fn go_env() -> Result<()> {
+    let installed = GO_PACKAGES.iter().all(|p| {
+        Command::new("dpkg-query")
+            .args(["-W", "-f=${Status}", p])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+    });
+    if installed {
+        return Ok(());
+    }
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-qq"])
+        .args(GO_PACKAGES))
 }
 
 fn channel() -> Result<String> {
