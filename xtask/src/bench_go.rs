@@ -1,0 +1,260 @@
+//! Go client overhead: the AWS SDK for Go v2 (built from `tests/go/sdkv2` against the
+//! Debian-packaged SDK) calling STS GetCallerIdentity sequentially for a fixed time, over
+//! HTTP/2 and over HTTP/1.1, without and with the agent, alternating rounds; medians and ratio.
+//!
+//! The agent binary is `$HOOP_AGENT_BIN` when set, else `target/release/hoop-agent` (built).
+
+use crate::{cargo, root, run};
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Killer(Child);
+
+impl Drop for Killer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn emulator(cert: &Path, key: &Path, port: u16, h2: bool) -> Result<Killer> {
+    let mut cmd = Command::new(root().join(".venv/bin/gunicorn"));
+    cmd.current_dir(root().join("tests/clients"))
+        .args([
+            "-k",
+            "gthread",
+            "--threads",
+            "4",
+            "-w",
+            "1",
+            "--keep-alive",
+            "60",
+        ])
+        .arg("--certfile")
+        .arg(cert)
+        .arg("--keyfile")
+        .arg(key);
+    if h2 {
+        cmd.args(["--http-protocols", "h2,h1"]);
+    }
+    let child = cmd
+        .args(["-b", &format!("127.0.0.1:{port}"), "moto_app:app"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start gunicorn (cargo xtask setup)")?;
+    let k = Killer(child);
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("emulator did not start");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(k)
+}
+
+fn agent_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("HOOP_AGENT_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    run(cargo().args(["build", "--release", "-p", "hoop-agent"]))?;
+    Ok(root().join("target/release/hoop-agent"))
+}
+
+fn build_client(dir: &Path) -> Result<PathBuf> {
+    let out = dir.join("sdkv2");
+    run(Command::new("go")
+        .current_dir(root().join("tests/go/sdkv2"))
+        .env("GO111MODULE", "off")
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GOPROXY", "off")
+        .arg("build")
+        .arg("-o")
+        .arg(&out)
+        .arg("."))?;
+    Ok(out)
+}
+
+/// The agent, running until dropped (SIGTERM: it flushes what it holds); `attached` waits
+/// until it probes a client.
+struct Agent {
+    _child: Killer,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let pid = self._child.0.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let end = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self._child.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Agent {
+    fn start(bin: &Path, output: &Path) -> Result<Self> {
+        let mut child = Command::new(bin)
+            .args(["--log-format", "json", "run", "--no-stdout", "--output"])
+            .arg(output)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("start hoop-agent")?;
+        let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        let a = Agent {
+            _child: Killer(child),
+            lines: rx,
+        };
+        a.wait_for(&["hoop-agent ready"])?;
+        Ok(a)
+    }
+
+    fn wait_for(&self, needles: &[&str]) -> Result<()> {
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self
+                .lines
+                .recv_timeout(end.saturating_duration_since(Instant::now()))
+            {
+                Ok(l) if needles.iter().all(|n| l.contains(n)) => return Ok(()),
+                Ok(_) => {}
+                Err(_) => bail!("agent did not log {needles:?}"),
+            }
+        }
+    }
+
+    fn attached(&self, client: &Path) -> Result<()> {
+        let _warm = Killer(
+            Command::new(client)
+                .args(["wait", "30"])
+                .stdout(Stdio::null())
+                .spawn()?,
+        );
+        self.wait_for(&["TLS library attached", &client.display().to_string()])
+    }
+}
+
+fn rate(client: &Path, env: &[(&str, String)], seconds: f64) -> Result<f64> {
+    let mut cmd = Command::new(client);
+    cmd.args(["bench", &seconds.to_string()])
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output()?;
+    if !out.status.success() {
+        bail!("{} bench failed: {}", client.display(), out.status);
+    }
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    Ok(v["calls"].as_f64().unwrap_or(0.0) / seconds)
+}
+
+pub fn run(scale: f64) -> Result<()> {
+    let agent = agent_bin()?;
+    let tmp = std::env::temp_dir().join(format!("hoop-bench-go-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    let client = build_client(&tmp)?;
+    let cert = tmp.join("cert.pem");
+    let key = tmp.join("key.pem");
+    run(Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null()))?;
+    let seconds = (3.0 * scale).max(0.5);
+    let rounds = 5;
+    for (h2, label) in [(true, "HTTP/2"), (false, "HTTP/1.1")] {
+        let port = free_port()?;
+        let _emu = emulator(&cert, &key, port, h2)?;
+        let env = vec![
+            ("HOOP_ENDPOINT", format!("https://127.0.0.1:{port}")),
+            ("HOOP_CA", cert.display().to_string()),
+            ("AWS_CA_BUNDLE", cert.display().to_string()),
+            ("AWS_ACCESS_KEY_ID", "AKIAHOOPBENCH0000001".to_string()),
+            (
+                "AWS_SECRET_ACCESS_KEY",
+                "benchsecretbenchsecretbenchsecret0000000".to_string(),
+            ),
+            ("AWS_REGION", "us-east-1".to_string()),
+        ];
+        rate(&client, &env, 0.5)?; // warm-up, not counted
+        let (mut without, mut with) = (Vec::new(), Vec::new());
+        let mut recorded = 0usize;
+        let mut made = 0.0;
+        for round in 0..rounds {
+            let a = rate(&client, &env, seconds)?;
+            let output = tmp.join(format!("calls-{round}.jsonl"));
+            let ag = Agent::start(&agent, &output)?;
+            ag.attached(&client)?;
+            let b = rate(&client, &env, seconds)?;
+            made += b * seconds;
+            std::thread::sleep(Duration::from_millis(1500));
+            drop(ag);
+            recorded += std::fs::read_to_string(&output)
+                .map(|t| {
+                    t.lines()
+                        .filter(|l| l.contains("GetCallerIdentity"))
+                        .count()
+                })
+                .unwrap_or(0);
+            eprintln!("go {label} round {round}: {a:.1} calls/s without agent, {b:.1} with");
+            without.push(a);
+            with.push(b);
+        }
+        let (ma, mb) = (median(&mut without), median(&mut with));
+        println!(
+            "\n== capture: Go (AWS SDK for Go v2, crypto/tls) sequential STS calls over {label}, {seconds} s x {rounds} rounds"
+        );
+        println!("median without agent : {ma:.1} calls/s");
+        println!("median with agent    : {mb:.1} calls/s");
+        println!(
+            "ratio (with/without) : {:.3}  (overhead {:.1}%)",
+            mb / ma,
+            (1.0 - mb / ma) * 100.0
+        );
+        println!("records written      : {recorded} of {made:.0} calls made with the agent");
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
