@@ -114,7 +114,11 @@ fn check_calls(agent: &Agent, pid: u32, info: &Value, ops: &[&str], http: &str, 
     std::thread::sleep(Duration::from_millis(500));
     let recs = {
         let again = agent.records_of(pid);
-        if again.len() > recs.len() { again } else { recs }
+        if again.len() > recs.len() {
+            again
+        } else {
+            recs
+        }
     };
     for op in ops {
         one(&recs, what, op, http);
@@ -213,9 +217,9 @@ fn go_many_goroutines_never_crash_and_every_call_is_recorded() -> anyhow::Result
         let info: Value = serde_json::from_str(out.trim())?;
         assert_eq!(info["errors"], 0);
         let want = g * n;
-        let recs = agent.wait_records(pid, Duration::from_secs(60), |r| r.len() >= want);
+        agent.wait_records(pid, Duration::from_secs(60), |r| r.len() >= want);
         std::thread::sleep(Duration::from_millis(500));
-        let recs = agent.records_of(pid).into_iter().collect::<Vec<_>>();
+        let recs = agent.records_of(pid);
         let ok = recs
             .iter()
             .filter(|r| {
@@ -240,7 +244,10 @@ fn curl_http2_is_parsed_as_http2() -> anyhow::Result<()> {
     let mut agent = Agent::start(&[])?;
     // The credentials go through a curl config file, not the command line the agent records.
     let cfg = emu.dir.path().join("curl.cfg");
-    std::fs::write(&cfg, format!("user = \"{ACCESS_KEY_ID}:{SECRET_ACCESS_KEY}\"\n"))?;
+    std::fs::write(
+        &cfg,
+        format!("user = \"{ACCESS_KEY_ID}:{SECRET_ACCESS_KEY}\"\n"),
+    )?;
     let mut cmd = Command::new("curl");
     cmd.args(["-sS", "--fail", "--http2", "-K"])
         .arg(&cfg)

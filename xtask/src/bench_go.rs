@@ -4,7 +4,7 @@
 //!
 //! The agent binary is `$HOOP_AGENT_BIN` when set, else `target/release/hoop-agent` (built).
 
-use crate::{cargo, root, run};
+use crate::{cargo, root, run as sh};
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -77,13 +77,13 @@ fn agent_bin() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("HOOP_AGENT_BIN") {
         return Ok(PathBuf::from(p));
     }
-    run(cargo().args(["build", "--release", "-p", "hoop-agent"]))?;
+    sh(cargo().args(["build", "--release", "-p", "hoop-agent"]))?;
     Ok(root().join("target/release/hoop-agent"))
 }
 
 fn build_client(dir: &Path) -> Result<PathBuf> {
     let out = dir.join("sdkv2");
-    run(Command::new("go")
+    sh(Command::new("go")
         .current_dir(root().join("tests/go/sdkv2"))
         .env("GO111MODULE", "off")
         .env("GOPATH", "/usr/share/gocode")
@@ -187,7 +187,7 @@ pub fn run(scale: f64) -> Result<()> {
     let client = build_client(&tmp)?;
     let cert = tmp.join("cert.pem");
     let key = tmp.join("key.pem");
-    run(Command::new("openssl")
+    sh(Command::new("openssl")
         .args([
             "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
         ])
