@@ -1,15 +1,13 @@
-//! Tamper evidence. Every stored value is `[format 1][prev hash 32][hash 32][record JSON]`
-//! with `hash = SHA-256(prev || JSON)`: the JSON bytes as stored are the canonical bytes, so
+//! Tamper evidence. Every stored event carries `[prev hash 32][hash 32]` beside its record
+//! JSON (in its block's table, see [`crate::block`]) with `hash = SHA-256(prev || JSON)`: the JSON bytes as stored are the canonical bytes, so
 //! verification never depends on re-serialising. The first event after retention is anchored
 //! by the `anchor` hash kept in the meta tree; the last by the recorded head.
 
-use crate::index::{key_seq, key_time};
+use crate::index::{Key, key_seq, key_time};
 use crate::timefmt::rfc3339;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-pub const VALUE_FORMAT: u8 = 1;
-pub const HEADER_LEN: usize = 1 + 32 + 32;
 pub type Hash = [u8; 32];
 
 pub fn hash(prev: &Hash, body: &[u8]) -> Hash {
@@ -17,36 +15,6 @@ pub fn hash(prev: &Hash, body: &[u8]) -> Hash {
     h.update(prev);
     h.update(body);
     h.finalize().into()
-}
-
-pub fn encode(prev: &Hash, body: &[u8]) -> (Hash, Vec<u8>) {
-    let h = hash(prev, body);
-    let mut v = Vec::with_capacity(HEADER_LEN + body.len());
-    v.push(VALUE_FORMAT);
-    v.extend_from_slice(prev);
-    v.extend_from_slice(&h);
-    v.extend_from_slice(body);
-    (h, v)
-}
-
-/// A decoded stored value.
-pub struct Decoded<'a> {
-    pub prev: Hash,
-    pub hash: Hash,
-    pub body: &'a [u8],
-}
-
-pub fn decode(v: &[u8]) -> Option<Decoded<'_>> {
-    if v.len() < HEADER_LEN || v[0] != VALUE_FORMAT {
-        return None;
-    }
-    let prev: Hash = v[1..33].try_into().ok()?;
-    let hash: Hash = v[33..65].try_into().ok()?;
-    Some(Decoded {
-        prev,
-        hash,
-        body: &v[HEADER_LEN..],
-    })
 }
 
 /// How a link broke.
@@ -85,16 +53,33 @@ pub struct VerifyReport {
     pub first_broken: Option<VerifyError>,
 }
 
-/// Walk `(key, value)` pairs in log order starting from `anchor`. `expected_head` is the
-/// hash recorded as the chain head (to detect removal at the end).
+/// One event as verification sees it.
+pub enum Link {
+    Event {
+        key: Key,
+        prev: Hash,
+        hash: Hash,
+        body: Vec<u8>,
+        /// The block's report summary of this event matches its record.
+        summary_ok: bool,
+    },
+    /// A stored block that is not in hoop's format (its first key).
+    Malformed(Key),
+}
+
+/// Walk events in log order starting from `anchor`. `expected_head` is the hash recorded as
+/// the chain head (to detect removal at the end).
 pub fn verify<I>(iter: I, anchor: Hash, expected_head: Option<Hash>) -> VerifyReport
 where
-    I: Iterator<Item = (Vec<u8>, Vec<u8>)>,
+    I: Iterator<Item = Link>,
 {
     let mut running = anchor;
     let mut n = 0u64;
     let mut iter = iter;
-    while let Some((k, v)) = iter.next() {
+    while let Some(link) = iter.next() {
+        let k = match &link {
+            Link::Event { key, .. } | Link::Malformed(key) => *key,
+        };
         let at = |kind, detail: String| VerifyError {
             position: n,
             seq: key_seq(&k),
@@ -102,21 +87,30 @@ where
             kind,
             detail,
         };
-        let Some(d) = decode(&v) else {
+        let Link::Event {
+            prev,
+            hash: stored,
+            body,
+            summary_ok,
+            ..
+        } = link
+        else {
             return broken(
                 n,
                 running,
-                at(BreakKind::Malformed, "not a hoop event value".into()),
+                at(BreakKind::Malformed, "not a hoop event block".into()),
             );
         };
-        if d.prev != running {
+        if prev != running {
             // Look ahead: if the missing predecessor or the expected successor exists later,
             // events were moved; otherwise the predecessor is gone.
-            let wanted_prev = d.prev;
+            let wanted_prev = prev;
             let mut kind = BreakKind::Deleted;
-            for (_, v2) in iter.by_ref() {
-                if let Some(d2) = decode(&v2)
-                    && (d2.hash == wanted_prev || d2.prev == running)
+            for l in iter.by_ref() {
+                if let Link::Event {
+                    prev: p2, hash: h2, ..
+                } = l
+                    && (h2 == wanted_prev || p2 == running)
                 {
                     kind = BreakKind::Reordered;
                     break;
@@ -132,7 +126,7 @@ where
             };
             return broken(n, running, at(kind, detail.into()));
         }
-        if hash(&d.prev, d.body) != d.hash {
+        if hash(&prev, &body) != stored {
             return broken(
                 n,
                 running,
@@ -142,7 +136,17 @@ where
                 ),
             );
         }
-        running = d.hash;
+        if !summary_ok {
+            return broken(
+                n,
+                running,
+                at(
+                    BreakKind::Modified,
+                    "the block's report summary of this event does not match the record: the summary was modified".into(),
+                ),
+            );
+        }
+        running = stored;
         n += 1;
     }
     if let Some(h) = expected_head

@@ -352,10 +352,18 @@ pub fn dump_rotating(
         sink.begin()?;
         let lo = make_key(from_ns, 0);
         let hi = make_key(to_ns, 0);
-        for (k, v) in store.trees().log.range(lo..hi).filter_map(|r| r.ok()) {
-            if let Some(e) = Store::decode_event(&k, &v) {
-                sink.push(&e)?;
+        let mut err = None;
+        store.for_each_raw(lo, Some(hi), |e| {
+            if let Some(e) = crate::store::decode_event(&e)
+                && let Err(x) = sink.push(&e)
+            {
+                err = Some(x);
+                return false;
             }
+            true
+        });
+        if let Some(e) = err {
+            return Err(e.into());
         }
         sink.end()?;
         gz.try_finish()?;

@@ -4,11 +4,15 @@
 //!
 //! Layout of a data directory:
 //! - `HOOP-STORE`: format marker; a directory without it is never touched.
-//! - `sled/`: the sled database (trees `log`, `meta`, `batches`, `idx:<field>`).
+//! - `sled/`: the sled database (trees `log`, `meta`, `batches`, `idx:<field>`). The `log`
+//!   holds compressed blocks of events with per-event chain links and report summaries
+//!   (see [`block`]).
 //!
 //! Writers call [`Store::open`], [`Store::append`] (after [`Masker::apply`]), and
 //! [`Store::close`]; readers use [`Store::open_read_only`] and the `run_*` functions in [`cli`].
 
+#[doc(hidden)]
+pub mod block;
 pub mod chain;
 pub mod cli;
 pub mod dump;

@@ -1,8 +1,10 @@
 //! Filtered queries that seek the index trees, and session replay.
 
+use crate::block::{BlockView, RawEvent};
 use crate::filter::{Filter, glob_match, is_glob, literal_prefix};
-use crate::index::{self, Field, KEY_LEN, Key, key_time, make_key, split_index_key, to_key};
-use crate::store::{Store, StoreError, StoredEvent};
+use crate::index::{self, Field, Key, key_time, make_key, split_index_key};
+use crate::store::{Store, StoreError, StoredEvent, decode_event};
+use std::ops::Bound;
 
 /// Above this many candidates, walking the time range beats point lookups.
 const MAX_POINT_LOOKUPS: usize = 200_000;
@@ -13,15 +15,12 @@ fn index_keys(store: &Store, field: Field, pat: &str, lo: u64, hi: u64, span: u6
     let t = &store.trees().idx[field as usize];
     let mut out = Vec::new();
     let mut take = |val: &[u8]| {
-        for k in val.as_chunks::<KEY_LEN>().0 {
-            let kt = key_time(k);
-            if kt >= lo
-                && kt <= hi
-                && let Some(k) = to_key(k)
-            {
+        index::decode_postings(val, |k| {
+            let kt = key_time(&k);
+            if kt >= lo && kt <= hi {
                 out.push(k);
             }
-        }
+        });
     };
     if is_glob(pat) {
         let mut prefix = Vec::new();
@@ -140,15 +139,16 @@ pub fn for_each(
             break;
         }
     }
-    let scan_range = |visit: &mut dyn FnMut(StoredEvent) -> bool| {
-        for (k, v) in trees.log.range(lo_key..=hi_key).filter_map(|r| r.ok()) {
-            if let Some(e) = Store::decode_event(&k, &v)
-                && f.matches(&e.record)
-                && !visit(e)
-            {
-                return;
-            }
+    let emit = |e: &RawEvent, visit: &mut dyn FnMut(StoredEvent) -> bool| -> bool {
+        match decode_event(e) {
+            Some(ev) if f.matches(&ev.record) => visit(ev),
+            _ => true,
         }
+    };
+    let hi_bound = if hi == u64::MAX {
+        Bound::Unbounded
+    } else {
+        Bound::Included(hi_key)
     };
     match candidates {
         Some(mut keys) if keys.len() <= MAX_POINT_LOOKUPS => {
@@ -159,38 +159,57 @@ pub fn for_each(
                 n.push(0);
                 n
             });
-            let tail: Vec<Key> = match tail_from {
-                Some(t) => trees
-                    .log
-                    .range(t..)
-                    .keys()
-                    .filter_map(|k| k.ok().and_then(|k| to_key(&k)))
-                    .collect(),
-                None => trees
-                    .log
-                    .iter()
-                    .keys()
-                    .filter_map(|k| k.ok().and_then(|k| to_key(&k)))
-                    .collect(),
-            };
+            let mut tail: Vec<Key> = Vec::new();
+            for (_, v) in trees
+                .log
+                .range(tail_from.unwrap_or_default()..)
+                .filter_map(|r| r.ok())
+            {
+                if let Some(b) = BlockView::parse(&v) {
+                    tail.extend(b.entries().map(|e| e.key));
+                }
+                if tail.len() > MAX_POINT_LOOKUPS {
+                    break;
+                }
+            }
             if tail.len() <= MAX_POINT_LOOKUPS {
-                keys.extend(tail);
+                keys.extend(tail.into_iter().filter(|k| *k >= lo_key && *k <= hi_key));
                 keys.sort_unstable();
                 keys.dedup();
+                // The decoded block holding the previous key: (first key, last key, events).
+                let mut cur: Option<(Key, Key, Vec<RawEvent>)> = None;
                 for k in keys {
-                    let Some(v) = trees.log.get(k)? else { continue };
-                    if let Some(e) = Store::decode_event(&k, &v)
-                        && f.matches(&e.record)
-                        && !visit(e)
-                    {
+                    if !cur.as_ref().is_some_and(|(a, b, _)| k >= *a && k <= *b) {
+                        cur = None;
+                        if let Some((_, v)) = trees.log.range(..=&k[..]).next_back().transpose()?
+                            && let Some(evs) = BlockView::parse(&v).and_then(|b| b.events())
+                            && let (Some(a), Some(b)) = (evs.first(), evs.last())
+                        {
+                            cur = Some((a.key, b.key, evs));
+                        }
+                    }
+                    let Some((_, _, evs)) = &cur else { continue };
+                    let Ok(i) = evs.binary_search_by(|e| e.key.cmp(&k)) else {
+                        continue;
+                    };
+                    if !emit(&evs[i], &mut visit) {
                         return Ok(());
                     }
                 }
-            } else {
-                scan_range(&mut visit);
+                return Ok(());
             }
         }
-        _ => scan_range(&mut visit),
+        _ => {}
+    }
+    for (_, v) in store.blocks(lo_key, hi_bound) {
+        let Some(evs) = BlockView::parse(&v).and_then(|b| b.events()) else {
+            continue;
+        };
+        for e in evs.iter().filter(|e| e.key >= lo_key && e.key <= hi_key) {
+            if !emit(e, &mut visit) {
+                return Ok(());
+            }
+        }
     }
     Ok(())
 }

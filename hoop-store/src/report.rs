@@ -1,16 +1,17 @@
 //! Access-review reports per identity (Markdown, HTML with an inline-SVG timeline, CSV,
 //! JSON) and least-privilege IAM policies from what identities actually used.
 
-use crate::chain;
+use crate::block::{BlockView, Summary};
 use crate::filter::Filter;
+use crate::index::{Key, key_time, make_key, to_key};
 use crate::query;
 use crate::store::{Store, StoreError};
 use crate::timefmt::rfc3339;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Value, json};
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
+use std::ops::Bound;
 
 /// Buckets in each identity's activity timeline.
 pub const TIMELINE_BUCKETS: usize = 48;
@@ -62,60 +63,6 @@ pub struct Report {
     pub identities: Vec<IdentityReport>,
 }
 
-#[derive(Deserialize)]
-struct VIdentity<'a> {
-    #[serde(borrow, default)]
-    access_key_id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    principal_arn: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct VWorkload<'a> {
-    #[serde(borrow, default)]
-    container_id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    namespace: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    pod: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct VAws<'a> {
-    #[serde(borrow, default)]
-    iam_action: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    resources: Vec<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct VResp<'a> {
-    #[serde(borrow, default)]
-    error_code: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct VDecision<'a> {
-    #[serde(borrow)]
-    effect: Cow<'a, str>,
-}
-
-/// The fields a report needs, parsed without allocating the rest of the record.
-#[derive(Deserialize)]
-struct View<'a> {
-    time_ns: u64,
-    #[serde(borrow)]
-    identity: VIdentity<'a>,
-    #[serde(borrow)]
-    workload: VWorkload<'a>,
-    #[serde(borrow)]
-    aws: VAws<'a>,
-    #[serde(borrow, default)]
-    response: Option<VResp<'a>>,
-    #[serde(borrow)]
-    decision: VDecision<'a>,
-}
-
 #[derive(Default)]
 struct ActAcc {
     calls: u64,
@@ -148,7 +95,7 @@ fn is_blocked(effect: &str) -> bool {
 }
 
 impl Acc {
-    fn add(&mut self, v: &View<'_>) {
+    fn add(&mut self, v: &Summary<'_>) {
         let t = v.time_ns;
         if self.calls == 0 || t < self.first {
             self.first = t;
@@ -156,31 +103,19 @@ impl Acc {
         self.last = self.last.max(t);
         self.calls += 1;
         if self.principal.is_none()
-            && let Some(p) = &v.identity.principal_arn
+            && let Some(p) = &v.principal
         {
             self.principal = Some(p.to_string());
         }
-        if let Some(k) = &v.identity.access_key_id
+        if let Some(k) = &v.access_key
             && !self.keys.contains(k.as_ref())
         {
             self.keys.insert(k.to_string());
         }
-        let w: Cow<'_, str> = match (
-            &v.workload.namespace,
-            &v.workload.pod,
-            &v.workload.container_id,
-        ) {
-            (Some(ns), Some(pod), _) => Cow::Owned(format!("{ns}/{pod}")),
-            (_, _, Some(id)) => Cow::Owned(format!(
-                "container:{}",
-                id.chars().take(12).collect::<String>()
-            )),
-            _ => Cow::Borrowed("host"),
-        };
-        if !self.workloads.contains(w.as_ref()) {
-            self.workloads.insert(w.into_owned());
+        if !self.workloads.contains(v.workload.as_ref()) {
+            self.workloads.insert(v.workload.to_string());
         }
-        let effect = v.decision.effect.as_ref();
+        let effect = v.effect.as_ref();
         let blocked = is_blocked(effect);
         match effect {
             "approved" => self.approved += 1,
@@ -191,12 +126,12 @@ impl Acc {
         if blocked {
             self.denied += 1;
         }
-        let err = v.response.as_ref().and_then(|r| r.error_code.as_deref());
+        let err = v.error_code.as_deref();
         if let Some(code) = err {
             self.errors += 1;
             *self.error_codes.entry(code.to_string()).or_default() += 1;
         }
-        let action = v.aws.iam_action.as_deref().unwrap_or("(unknown)");
+        let action = v.action.as_deref().unwrap_or("(unknown)");
         let a = match self.actions.get_mut(action) {
             Some(a) => a,
             None => self.actions.entry(action.to_string()).or_default(),
@@ -204,7 +139,7 @@ impl Acc {
         a.calls += 1;
         a.errors += u64::from(err.is_some());
         a.denied += u64::from(blocked);
-        for r in &v.aws.resources {
+        for r in &v.resources {
             if !a.resources.contains(r.as_ref()) {
                 a.resources.insert(r.to_string());
             }
@@ -219,13 +154,8 @@ impl Acc {
     }
 }
 
-fn add_view(accs: &mut HashMap<String, Acc>, v: &View<'_>) {
-    let key: &str = v
-        .identity
-        .principal_arn
-        .as_deref()
-        .or(v.identity.access_key_id.as_deref())
-        .unwrap_or("unsigned");
+fn add_view(accs: &mut HashMap<String, Acc>, v: &Summary<'_>) {
+    let key: &str = v.identity();
     match accs.get_mut(key) {
         Some(a) => a.add(v),
         None => accs.entry(key.to_string()).or_default().add(v),
@@ -269,21 +199,32 @@ impl Acc {
     }
 }
 
-/// Accumulate log entries with key time in `[lo, hi]` (parsing only the report's fields).
-fn scan_part(store: &Store, lo: u64, hi: u64, f: &Filter) -> HashMap<String, Acc> {
+/// Accumulate events with key in `[lo, hi]` from the blocks keyed in `blocks` (from the
+/// block summaries: no decompression, no JSON).
+fn scan_part(
+    store: &Store,
+    blocks: (Bound<Key>, Bound<Key>),
+    lo: Key,
+    hi: Key,
+    f: &Filter,
+) -> HashMap<String, Acc> {
     let mut accs = HashMap::new();
     let t = store.trees();
-    let lo = crate::index::make_key(lo, 0);
-    let hi = crate::index::make_key(hi, u64::MAX);
-    for (_, v) in t.log.range(lo..=hi).filter_map(|r| r.ok()) {
-        let Some(d) = chain::decode(&v) else { continue };
-        let Ok(view) = serde_json::from_slice::<View<'_>>(d.body) else {
+    let range = (blocks.0.map(|k| k.to_vec()), blocks.1.map(|k| k.to_vec()));
+    for (_, v) in t.log.range::<Vec<u8>, _>(range).filter_map(|r| r.ok()) {
+        let Some(b) = BlockView::parse(&v) else {
             continue;
         };
-        if f.since.is_some_and(|s| view.time_ns < s) || f.until.is_some_and(|u| view.time_ns > u) {
-            continue;
-        }
-        add_view(&mut accs, &view);
+        let whole = b.key(0).is_some_and(|k| k >= lo) && b.last_key().is_some_and(|k| k <= hi);
+        b.for_each_summary(|i, s| {
+            if !whole && b.key(i).is_none_or(|k| k < lo || k > hi) {
+                return;
+            }
+            if f.since.is_some_and(|x| s.time_ns < x) || f.until.is_some_and(|u| s.time_ns > u) {
+                return;
+            }
+            add_view(&mut accs, s);
+        });
     }
     accs
 }
@@ -297,21 +238,18 @@ pub fn build(store: &Store, f: &Filter) -> Result<Report, StoreError> {
     } == *f;
     let mut accs: HashMap<String, Acc> = HashMap::new();
     if only_time {
-        // Whole-range reports split the log in two halves by key time, one thread each.
+        // Whole-range reports split the log's blocks in two halves by key time, one thread
+        // each.
         let (_, skew, _) = store.bounds();
         let t = store.trees();
-        let first = t
-            .log
-            .first()
-            .ok()
-            .flatten()
-            .map(|(k, _)| crate::index::key_time(&k));
+        let first = t.log.first().ok().flatten().map(|(k, _)| key_time(&k));
         let last = t
             .log
             .last()
             .ok()
             .flatten()
-            .map(|(k, _)| crate::index::key_time(&k));
+            .and_then(|(_, v)| BlockView::parse(&v).and_then(|b| b.last_key()))
+            .map(|k| key_time(&k));
         let (Some(first), Some(last)) = (first, last) else {
             return Ok(finish(accs));
         };
@@ -322,14 +260,33 @@ pub fn build(store: &Store, f: &Filter) -> Result<Report, StoreError> {
             .unwrap_or(u64::MAX)
             .min(last);
         if lo <= hi {
-            let mid = lo + (hi - lo) / 2;
+            let (lo_key, hi_key) = (make_key(lo, 0), make_key(hi, u64::MAX));
+            // The block holding `lo_key` may be keyed before it.
+            let start = t
+                .log
+                .range(..=&lo_key[..])
+                .next_back()
+                .and_then(|r| r.ok())
+                .and_then(|(k, _)| to_key(&k))
+                .unwrap_or(lo_key);
+            let mid = make_key(lo + (hi - lo) / 2, u64::MAX);
             let (a, b) = std::thread::scope(|sc| {
-                let h = sc.spawn(|| scan_part(store, lo, mid, f));
-                let b = if mid < hi {
-                    scan_part(store, mid + 1, hi, f)
-                } else {
-                    HashMap::new()
-                };
+                let h = sc.spawn(|| {
+                    scan_part(
+                        store,
+                        (Bound::Included(start), Bound::Included(mid)),
+                        lo_key,
+                        hi_key,
+                        f,
+                    )
+                });
+                let b = scan_part(
+                    store,
+                    (Bound::Excluded(mid), Bound::Included(hi_key)),
+                    lo_key,
+                    hi_key,
+                    f,
+                );
                 (h.join().unwrap_or_default(), b)
             });
             accs = a;
@@ -339,11 +296,7 @@ pub fn build(store: &Store, f: &Filter) -> Result<Report, StoreError> {
         }
     } else {
         query::for_each(store, f, |e| {
-            if let Ok(body) = serde_json::to_vec(&e.record)
-                && let Ok(view) = serde_json::from_slice::<View<'_>>(&body)
-            {
-                add_view(&mut accs, &view);
-            }
+            add_view(&mut accs, &Summary::from_record(&e.record));
             true
         })?;
     }

@@ -1,11 +1,13 @@
 //! The sled-backed event store: batching, flushing, indexes, retention, crash repair.
 
+use crate::block::{self, BlockView, Builder, Compressor, EVENT_OVERHEAD, RawEvent, Summary};
 use crate::chain::{self, Hash};
 use crate::index::{self, FIELDS, Field, KEY_LEN, Key, key_seq, key_time, make_key, to_key};
+use fxhash::FxHashMap;
 use hoop_event::CallRecord;
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -14,7 +16,7 @@ use std::time::{Duration, Instant};
 /// Name of the marker file that makes a directory a hoop store.
 pub const MARKER: &str = "HOOP-STORE";
 /// On-disk format written by this version.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 const MARKER_PREFIX: &str = "hoop-store format ";
 /// 50 ms apart: how long to wait for a just-closed handle's file lock.
 const LOCK_RETRIES: u32 = 20;
@@ -27,7 +29,8 @@ pub struct StoreConfig {
     pub max_batch: usize,
     /// Remove events older than this (by ingest-ordered time).
     pub max_age: Option<Duration>,
-    /// Keep the stored bytes (keys + values of the event log) at or below this.
+    /// Keep the stored bytes at or below this: per event, key + chain links + record JSON
+    /// before compression (the log is compressed on disk, so it takes less).
     pub max_bytes: Option<u64>,
     /// How often the background thread applies retention.
     pub retention_interval: Duration,
@@ -90,7 +93,8 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 pub struct Stats {
     /// Events in the log (after retention).
     pub events: u64,
-    /// Bytes of the event log (keys + values), the quantity `max_bytes` bounds.
+    /// Uncompressed bytes of the event log (per event: key + chain links + record JSON), the
+    /// quantity `max_bytes` bounds.
     pub bytes: u64,
     /// sled's size on disk.
     pub disk_bytes: u64,
@@ -122,15 +126,46 @@ pub struct StoredEvent {
     pub record: CallRecord,
 }
 
+/// Events appended but not yet written into sled: sealed blocks, the open block, and the
+/// posting lists of the index entries they add.
+#[derive(Default)]
 struct Pending {
-    key: Key,
-    value: Vec<u8>,
-    time_ns: u64,
-    idx: Vec<(Field, String)>,
+    open: Builder,
+    sealed: Vec<(Key, Vec<u8>)>,
+    /// Per field (in `FIELDS` order): value → event keys.
+    postings: Vec<FxHashMap<String, Vec<Key>>>,
+    events: u64,
+    bytes: u64,
+    first: Option<Key>,
+    last: Key,
+    skew: u64,
+}
+
+impl Pending {
+    fn new() -> Pending {
+        Pending {
+            postings: FIELDS.iter().map(|_| FxHashMap::default()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn add_postings(&mut self, rec: &CallRecord, key: Key) {
+        let postings = &mut self.postings;
+        index::values(rec, |f, v| {
+            let m = &mut postings[f as usize];
+            match m.get_mut(v) {
+                Some(keys) => keys.push(key),
+                None => {
+                    m.insert(v.to_string(), vec![key]);
+                }
+            }
+        });
+    }
 }
 
 struct WState {
-    pending: Vec<Pending>,
+    pending: Pending,
+    comp: Compressor,
     head: Hash,
     seq: u64,
     last_time: u64,
@@ -476,29 +511,38 @@ impl Store {
         if self.inner.read_only {
             return Err(StoreError::ReadOnly);
         }
-        let body = serde_json::to_vec(rec)?;
-        let mut idx = Vec::with_capacity(16);
-        index::values(rec, |f, v| idx.push((f, v.to_string())));
-        let mut st = lock(&self.inner.state);
+        let mut body = Vec::with_capacity(2048);
+        serde_json::to_writer(&mut body, rec)?;
+        let summary = Summary::from_record(rec);
+        let mut guard = lock(&self.inner.state);
+        let st = &mut *guard;
         if st.closed {
             return Err(StoreError::Closed);
         }
         // Keys are time-ordered but never go backwards, so log order = chain order.
         let kt = rec.time_ns.max(st.last_time);
         let key = make_key(kt, st.seq);
-        let (h, value) = chain::encode(&st.head, &body);
+        let prev = st.head;
+        let h = chain::hash(&prev, &body);
         st.head = h;
         st.seq += 1;
         st.last_time = kt;
         st.appended += 1;
-        st.pending.push(Pending {
-            key,
-            value,
-            time_ns: rec.time_ns,
-            idx,
-        });
-        if st.pending.len() >= self.inner.cfg.max_batch {
-            self.inner.write_pending(&mut st)?;
+        let p = &mut st.pending;
+        p.open.push(&key, &prev, &h, &body, &summary);
+        p.add_postings(rec, key);
+        p.events += 1;
+        p.bytes += EVENT_OVERHEAD + body.len() as u64;
+        p.first.get_or_insert(key);
+        p.last = key;
+        p.skew = p.skew.max(kt.saturating_sub(rec.time_ns));
+        if p.open.len() >= block::BLOCK_EVENTS
+            && let Some(b) = p.open.seal(&mut st.comp)
+        {
+            p.sealed.push(b);
+        }
+        if p.events >= self.inner.cfg.max_batch as u64 {
+            self.inner.write_pending(st)?;
         }
         Ok(())
     }
@@ -550,14 +594,10 @@ impl Store {
     pub fn stats(&self) -> Stats {
         let st = lock(&self.inner.state);
         Stats {
-            events: st.events + st.pending.len() as u64,
-            bytes: st.bytes
-                + st.pending
-                    .iter()
-                    .map(|p| (KEY_LEN + p.value.len()) as u64)
-                    .sum::<u64>(),
+            events: st.events + st.pending.events,
+            bytes: st.bytes + st.pending.bytes,
             disk_bytes: self.inner.trees.db.size_on_disk().unwrap_or(0),
-            pending: st.pending.len() as u64,
+            pending: st.pending.events,
             durable_since_open: st.durable,
             appended_since_open: st.appended,
             retained_away_since_open: st.retained_away,
@@ -609,32 +649,83 @@ impl Store {
         (st.max_span, st.max_skew, cp)
     }
 
-    /// Decode a stored value.
-    pub fn decode_event(key: &[u8], value: &[u8]) -> Option<StoredEvent> {
-        let d = chain::decode(value)?;
-        let record = serde_json::from_slice(d.body).ok()?;
-        Some(StoredEvent {
-            seq: key_seq(key),
-            key_time_ns: key_time(key),
-            hash: d.hash,
-            record,
-        })
-    }
-
     /// All events with key time in `[from, to]`, in log order.
     pub fn scan(
         &self,
         from_ns: Option<u64>,
         to_ns: Option<u64>,
     ) -> impl Iterator<Item = StoredEvent> + '_ {
-        let t = self.trees();
         let lo = make_key(from_ns.unwrap_or(0), 0);
         let hi = make_key(to_ns.unwrap_or(u64::MAX), u64::MAX);
-        t.log
-            .range(lo..=hi)
-            .filter_map(|r| r.ok())
-            .filter_map(|(k, v)| Store::decode_event(&k, &v))
+        self.blocks(lo, Bound::Included(hi))
+            .flat_map(move |(_, v)| {
+                BlockView::parse(&v)
+                    .and_then(|b| b.events())
+                    .unwrap_or_default()
+            })
+            .filter(move |e| e.key >= lo && e.key <= hi)
+            .filter_map(|e| decode_event(&e))
     }
+
+    /// Blocks that can hold event keys in `[lo, hi]`, in log order: the block holding `lo`
+    /// (keyed at or before it) and every block keyed after it up to `hi`.
+    pub(crate) fn blocks(
+        &self,
+        lo: Key,
+        hi: Bound<Key>,
+    ) -> impl Iterator<Item = (sled::IVec, sled::IVec)> + '_ {
+        let t = self.trees();
+        let start = t
+            .log
+            .range(..=&lo[..])
+            .next_back()
+            .and_then(|r| r.ok())
+            .map(|(k, _)| k.to_vec())
+            .unwrap_or_else(|| lo.to_vec());
+        let hi = match hi {
+            Bound::Included(k) => Bound::Included(k.to_vec()),
+            Bound::Excluded(k) => Bound::Excluded(k.to_vec()),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        t.log
+            .range((Bound::Included(start), hi))
+            .filter_map(|r| r.ok())
+    }
+
+    /// Every event with key in `[lo, hi)` (`hi` None: to the end), in log order; `visit`
+    /// returns false to stop.
+    pub(crate) fn for_each_raw(
+        &self,
+        lo: Key,
+        hi: Option<Key>,
+        mut visit: impl FnMut(RawEvent) -> bool,
+    ) {
+        let bound = hi.map_or(Bound::Unbounded, Bound::Excluded);
+        for (_, v) in self.blocks(lo, bound) {
+            let Some(evs) = BlockView::parse(&v).and_then(|b| b.events()) else {
+                continue;
+            };
+            for e in evs {
+                if e.key < lo {
+                    continue;
+                }
+                if hi.is_some_and(|h| e.key >= h) || !visit(e) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The record of a stored event.
+pub(crate) fn decode_event(e: &RawEvent) -> Option<StoredEvent> {
+    let record = serde_json::from_slice(&e.body).ok()?;
+    Some(StoredEvent {
+        seq: key_seq(&e.key),
+        key_time_ns: key_time(&e.key),
+        hash: e.hash,
+        record,
+    })
 }
 
 impl Drop for Store {
@@ -647,7 +738,8 @@ impl Drop for Store {
 
 fn load_state(t: &Trees) -> Result<WState> {
     Ok(WState {
-        pending: Vec::new(),
+        pending: Pending::new(),
+        comp: Compressor::default(),
         head: get_hash(&t.meta, meta::HEAD)?,
         seq: get_u64(&t.meta, meta::SEQ)?,
         last_time: get_u64(&t.meta, meta::LAST_TIME)?,
@@ -666,8 +758,8 @@ fn load_state(t: &Trees) -> Result<WState> {
 /// (index tree, index key) of one posting list a batch wrote.
 type IndexEntry = (Field, Vec<u8>);
 
-/// Posting lists of one batch: (field, value) → keys.
-type Postings = BTreeMap<(Field, String), Vec<Key>>;
+/// Posting lists of one batch: per field, value → keys.
+type Postings = [FxHashMap<String, Vec<Key>>];
 
 impl Inner {
     fn flush_loop(&self) {
@@ -728,54 +820,46 @@ impl Inner {
     }
 
     /// Write the pending batch: registry entry first (so a torn batch can be undone), then
-    /// the log, the index trees, and the meta record that makes it complete.
+    /// the index trees, the log blocks, and the meta record that makes it complete.
     fn write_pending(&self, st: &mut WState) -> Result<()> {
-        if st.pending.is_empty() {
-            return Ok(());
-        }
-        let pending = std::mem::take(&mut st.pending);
-        let mut postings: Postings = BTreeMap::new();
-        let mut log_batch = sled::Batch::default();
-        let mut bytes = 0u64;
-        let mut skew = st.max_skew;
-        for p in &pending {
-            for (f, v) in &p.idx {
-                postings.entry((*f, v.clone())).or_default().push(p.key);
-            }
-            skew = skew.max(key_time(&p.key).saturating_sub(p.time_ns));
-            bytes += (KEY_LEN + p.value.len()) as u64;
-            log_batch.insert(&p.key[..], &p.value[..]);
-        }
-        let (Some(first), Some(last)) = (pending.first(), pending.last()) else {
+        let mut p = std::mem::replace(&mut st.pending, Pending::new());
+        let Some(first) = p.first else {
             return Ok(());
         };
-        let (first, last) = (first.key, last.key);
-        self.write_postings(&first, &last, &postings)?;
+        if let Some(b) = p.open.seal(&mut st.comp) {
+            p.sealed.push(b);
+        }
+        let last = p.last;
+        self.write_postings(&first, &last, &p.postings)?;
+        let mut log_batch = sled::Batch::default();
+        for (k, v) in p.sealed {
+            log_batch.insert(&k[..], v);
+        }
         self.trees.log.apply_batch(log_batch)?;
-        st.events += pending.len() as u64;
-        st.bytes += bytes;
-        st.max_skew = skew;
+        st.events += p.events;
+        st.bytes += p.bytes;
+        st.max_skew = st.max_skew.max(p.skew);
         st.max_span = st.max_span.max(key_time(&last) - key_time(&first));
-        st.written += pending.len() as u64;
+        st.written += p.events;
         self.write_meta(st, &last)?;
         Ok(())
     }
 
     fn write_postings(&self, first: &Key, last: &Key, postings: &Postings) -> Result<()> {
-        let mut registry = Vec::with_capacity(KEY_LEN + postings.len() * 48);
+        let mut registry = Vec::with_capacity(KEY_LEN + 4096);
         registry.extend_from_slice(last);
         let mut per_tree: Vec<sled::Batch> =
             FIELDS.iter().map(|_| sled::Batch::default()).collect();
-        for ((f, v), keys) in postings {
-            let ik = index::index_key(v, first);
-            registry.push(*f as u8);
-            registry.extend_from_slice(&(ik.len() as u32).to_be_bytes());
-            registry.extend_from_slice(&ik);
-            let mut val = Vec::with_capacity(keys.len() * KEY_LEN);
-            for k in keys {
-                val.extend_from_slice(k);
+        for (f, m) in FIELDS.iter().zip(postings) {
+            for (v, keys) in m {
+                let ik = index::index_key(v, first);
+                registry.push(*f as u8);
+                registry.extend_from_slice(&(ik.len() as u32).to_be_bytes());
+                registry.extend_from_slice(&ik);
+                let mut val = Vec::with_capacity(keys.len() * 5);
+                index::encode_postings(keys, &mut val);
+                per_tree[*f as usize].insert(ik, val);
             }
-            per_tree[*f as usize].insert(ik, val);
         }
         self.trees.batches.insert(&first[..], registry)?;
         for (tree, batch) in self.trees.idx.iter().zip(per_tree) {
@@ -837,71 +921,81 @@ impl Inner {
             }
             t.batches.remove(k)?;
         }
-        let mut st = lock(&self.state);
-        let mut good: Vec<Pending> = Vec::new();
-        let mut bad: Vec<sled::IVec> = Vec::new();
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
+        // Blocks never span batches, so the blocks keyed after the checkpoint hold exactly
+        // the events of incomplete batches.
+        let mut good: Vec<RawEvent> = Vec::new();
+        let mut dropped = 0usize;
         let mut running = st.head;
+        let mut broken = false;
         for r in t.log.range(lo..) {
             let (k, v) = r?;
-            let ok = bad.is_empty()
-                && chain::decode(&v)
-                    .is_some_and(|d| d.prev == running && chain::hash(&d.prev, d.body) == d.hash);
-            match (ok, to_key(&k)) {
-                (true, Some(key)) => {
-                    if let Some(d) = chain::decode(&v) {
-                        running = d.hash;
-                    }
-                    let time_ns = chain::decode(&v)
-                        .and_then(|d| serde_json::from_slice::<TimeOnly>(d.body).ok())
-                        .map(|x| x.time_ns)
-                        .unwrap_or(key_time(&key));
-                    good.push(Pending {
-                        key,
-                        value: v.to_vec(),
-                        time_ns,
-                        idx: Vec::new(),
-                    });
+            let evs = if broken {
+                None
+            } else {
+                BlockView::parse(&v).and_then(|b| b.events())
+            };
+            let Some(evs) = evs else {
+                broken = true;
+                dropped += BlockView::parse(&v).map_or(1, |b| b.len());
+                t.log.remove(k)?;
+                continue;
+            };
+            let n = evs.len();
+            let mut kept = Vec::with_capacity(n);
+            for e in evs {
+                if !broken && e.prev == running && chain::hash(&e.prev, &e.body) == e.hash {
+                    running = e.hash;
+                    kept.push(e);
+                } else {
+                    broken = true;
                 }
-                _ => bad.push(k),
             }
+            if kept.len() < n {
+                dropped += n - kept.len();
+                t.log.remove(&k)?;
+                if let Some((nk, nv)) = block::encode_events(&kept, &mut st.comp) {
+                    t.log.insert(&nk[..], nv)?;
+                }
+            }
+            good.extend(kept);
         }
-        if !bad.is_empty() {
+        if dropped > 0 {
             tracing::warn!(
                 path = %self.path.display(),
-                dropped = bad.len(),
+                dropped,
                 kept = good.len(),
                 "torn tail after an unclean stop: dropping events past the last good chain link"
             );
-            for k in &bad {
-                t.log.remove(k)?;
-            }
         }
         if undone > 0 || !good.is_empty() {
             tracing::info!(reindexed = good.len(), undone, "recovered unflushed tail");
         }
-        if let Some(last) = good.last() {
+        if let (Some(first), Some(last)) = (good.first(), good.last()) {
+            let (first, last) = (first.key, last.key);
             st.head = running;
-            st.seq = key_seq(&last.key) + 1;
-            st.last_time = st.last_time.max(key_time(&last.key));
+            st.seq = key_seq(&last) + 1;
+            st.last_time = st.last_time.max(key_time(&last));
             // The tail is already in the log: index it and count it, without rewriting it.
-            let mut postings: Postings = BTreeMap::new();
-            for p in &good {
-                if let Some(d) = chain::decode(&p.value)
-                    && let Ok(rec) = serde_json::from_slice::<CallRecord>(d.body)
-                {
-                    index::values(&rec, |f, v| {
-                        postings.entry((f, v.to_string())).or_default().push(p.key);
-                    });
-                }
+            let mut p = Pending::new();
+            for e in &good {
+                let time_ns = match serde_json::from_slice::<CallRecord>(&e.body) {
+                    Ok(rec) => {
+                        p.add_postings(&rec, e.key);
+                        rec.time_ns
+                    }
+                    Err(_) => serde_json::from_slice::<TimeOnly>(&e.body)
+                        .map(|x| x.time_ns)
+                        .unwrap_or(key_time(&e.key)),
+                };
                 st.events += 1;
-                st.bytes += (KEY_LEN + p.value.len()) as u64;
-                st.max_skew = st.max_skew.max(key_time(&p.key).saturating_sub(p.time_ns));
+                st.bytes += EVENT_OVERHEAD + e.body.len() as u64;
+                st.max_skew = st.max_skew.max(key_time(&e.key).saturating_sub(time_ns));
             }
-            let first = good[0].key;
-            let last = last.key;
             st.max_span = st.max_span.max(key_time(&last) - key_time(&first));
-            self.write_postings(&first, &last, &postings)?;
-            self.write_meta(&st, &last)?;
+            self.write_postings(&first, &last, &p.postings)?;
+            self.write_meta(st, &last)?;
         }
         Ok(())
     }
@@ -914,7 +1008,7 @@ impl Inner {
             .log
             .iter()
             .filter_map(|r| r.ok())
-            .map(|(k, v)| (k.to_vec(), v.to_vec()));
+            .flat_map(|(k, v)| block_links(&k, &v));
         chain::verify(it, anchor, head.filter(|h| *h != [0u8; 32]))
     }
 
@@ -924,8 +1018,9 @@ impl Inner {
         max_bytes: Option<u64>,
         now_ns: u64,
     ) -> Result<RetentionStats> {
-        let mut st = lock(&self.state);
-        self.write_pending(&mut st)?;
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
+        self.write_pending(st)?;
         let t = &self.trees;
         let mut cutoff: Option<Key> =
             max_age.map(|a| make_key(now_ns.saturating_sub(a.as_nanos() as u64), 0));
@@ -933,21 +1028,25 @@ impl Inner {
             && st.bytes > limit
         {
             let mut excess = st.bytes - limit;
-            for r in t.log.iter() {
-                let (k, v) = r?;
-                let Some(key) = to_key(&k) else { continue };
-                let size = (KEY_LEN + v.len()) as u64;
-                // Cut after this event.
-                let mut next = key;
-                let seq = key_seq(&key).saturating_add(1);
-                next[8..].copy_from_slice(&seq.to_be_bytes());
-                if cutoff.is_none_or(|c| next > c) {
-                    cutoff = Some(next);
+            'blocks: for r in t.log.iter() {
+                let (_, v) = r?;
+                let Some(b) = BlockView::parse(&v) else {
+                    continue;
+                };
+                for e in b.entries() {
+                    let size = EVENT_OVERHEAD + e.len as u64;
+                    // Cut after this event.
+                    let mut next = e.key;
+                    let seq = key_seq(&e.key).saturating_add(1);
+                    next[8..].copy_from_slice(&seq.to_be_bytes());
+                    if cutoff.is_none_or(|c| next > c) {
+                        cutoff = Some(next);
+                    }
+                    if size >= excess {
+                        break 'blocks;
+                    }
+                    excess -= size;
                 }
-                if size >= excess {
-                    break;
-                }
-                excess -= size;
             }
         }
         let Some(cutoff) = cutoff else {
@@ -956,27 +1055,53 @@ impl Inner {
         let mut stats = RetentionStats::default();
         let mut last_removed: Option<Hash> = None;
         loop {
-            let chunk: Vec<(sled::IVec, usize, Option<Hash>)> = t
+            let chunk: Vec<(sled::IVec, sled::IVec)> = t
                 .log
                 .range(..&cutoff[..])
-                .take(10_000)
+                .take(1_000)
                 .filter_map(|r| r.ok())
-                .map(|(k, v)| {
-                    let h = chain::decode(&v).map(|d| d.hash);
-                    (k, v.len(), h)
-                })
                 .collect();
             if chunk.is_empty() {
                 break;
             }
             let mut b = sled::Batch::default();
-            for (k, len, h) in chunk {
-                stats.removed_events += 1;
-                stats.removed_bytes += (KEY_LEN + len) as u64;
-                if h.is_some() {
-                    last_removed = h;
+            for (k, v) in chunk {
+                let Some(view) = BlockView::parse(&v) else {
+                    // Not ours to interpret: drop it with the rest before the cutoff.
+                    stats.removed_bytes += (KEY_LEN + v.len()) as u64;
+                    b.remove(k);
+                    continue;
+                };
+                if view.last_key().is_some_and(|l| l < cutoff) {
+                    for e in view.entries() {
+                        stats.removed_events += 1;
+                        stats.removed_bytes += EVENT_OVERHEAD + e.len as u64;
+                        last_removed = Some(e.hash);
+                    }
+                    b.remove(k);
+                    continue;
+                }
+                // The block straddles the cutoff: keep its tail, keyed by its new first event.
+                let Some(evs) = view.events() else {
+                    // Undecodable: it goes whole rather than stall retention.
+                    for e in view.entries() {
+                        stats.removed_events += 1;
+                        stats.removed_bytes += EVENT_OVERHEAD + e.len as u64;
+                    }
+                    b.remove(k);
+                    continue;
+                };
+                let (gone, kept): (Vec<RawEvent>, Vec<RawEvent>) =
+                    evs.into_iter().partition(|e| e.key < cutoff);
+                for e in &gone {
+                    stats.removed_events += 1;
+                    stats.removed_bytes += EVENT_OVERHEAD + e.body.len() as u64;
+                    last_removed = Some(e.hash);
                 }
                 b.remove(k);
+                if let Some((nk, nv)) = block::encode_events(&kept, &mut st.comp) {
+                    b.insert(&nk[..], nv);
+                }
             }
             t.log.apply_batch(b)?;
         }
@@ -997,19 +1122,20 @@ impl Inner {
                     continue;
                 }
                 if let Some(val) = tree.get(&ik)? {
-                    let kept: Vec<u8> = val
-                        .as_chunks::<KEY_LEN>()
-                        .0
-                        .iter()
-                        .filter(|k| **k >= cutoff)
-                        .flatten()
-                        .copied()
-                        .collect();
+                    let (mut all, mut kept) = (0usize, Vec::new());
+                    index::decode_postings(&val, |k| {
+                        all += 1;
+                        if k >= cutoff {
+                            kept.push(k);
+                        }
+                    });
                     if kept.is_empty() {
                         tree.remove(&ik)?;
                         stats.removed_index_entries += 1;
-                    } else if kept.len() != val.len() {
-                        tree.insert(&ik, kept)?;
+                    } else if kept.len() != all {
+                        let mut v = Vec::with_capacity(kept.len() * 5);
+                        index::encode_postings(&kept, &mut v);
+                        tree.insert(&ik, v)?;
                     }
                 }
             }
@@ -1027,7 +1153,7 @@ impl Inner {
         b.insert(meta::EVENTS, &st.events.to_be_bytes()[..]);
         b.insert(meta::BYTES, &st.bytes.to_be_bytes()[..]);
         t.meta.apply_batch(b)?;
-        drop(st);
+        drop(guard);
         if stats.removed_events > 0 {
             tracing::info!(
                 removed = stats.removed_events,
@@ -1037,6 +1163,36 @@ impl Inner {
         }
         Ok(stats)
     }
+}
+
+/// The chain links of one stored block, each with whether its report summary matches.
+fn block_links(k: &[u8], v: &[u8]) -> Vec<chain::Link> {
+    let malformed = || vec![chain::Link::Malformed(to_key(k).unwrap_or_default())];
+    let Some(view) = BlockView::parse(v) else {
+        return malformed();
+    };
+    let Some(evs) = view.events() else {
+        return malformed();
+    };
+    let mut ok = vec![false; evs.len()];
+    let complete = view.for_each_summary(|i, s| {
+        if let Some(slot) = ok.get_mut(i) {
+            *slot = Summary::from_json(&evs[i].body).as_ref() == Some(s);
+        }
+    });
+    if !complete {
+        ok.iter_mut().for_each(|x| *x = false);
+    }
+    evs.into_iter()
+        .zip(ok)
+        .map(|(e, summary_ok)| chain::Link::Event {
+            key: e.key,
+            prev: e.prev,
+            hash: e.hash,
+            body: e.body,
+            summary_ok,
+        })
+        .collect()
 }
 
 #[derive(serde::Deserialize)]

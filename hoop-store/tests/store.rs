@@ -1,6 +1,7 @@
 mod common;
 use common::*;
 use hoop_event::CallRecord;
+use hoop_store::block::{self, RawEvent};
 use hoop_store::chain::BreakKind;
 use hoop_store::filter::glob_match;
 use hoop_store::{Filter, Store, StoreError, query};
@@ -292,15 +293,35 @@ fn chain_survives_restart_and_counts() {
     s.close().expect("close");
 }
 
-fn tamper(dir: &std::path::Path, f: impl FnOnce(&sled::Tree)) {
+/// Edit the stored events directly in sled, as someone with write access to the files
+/// could: decode every block, let `f` change the event list, and write the log back as
+/// blocks of the same format (re-deriving the report summaries from the edited JSON).
+fn tamper(dir: &std::path::Path, f: impl FnOnce(&mut Vec<RawEvent>)) {
     let db = sled::open(dir.join("sled")).expect("sled");
     let log = db.open_tree("log").expect("log");
-    f(&log);
+    let mut events: Vec<RawEvent> = log
+        .iter()
+        .flat_map(|r| {
+            let (_, v) = r.expect("kv");
+            block::decode_events(&v).expect("a hoop block")
+        })
+        .collect();
+    f(&mut events);
+    log.clear().expect("clear");
+    let mut comp = block::Compressor::default();
+    for chunk in events.chunks(block::BLOCK_EVENTS) {
+        let (k, v) = block::encode_events(chunk, &mut comp).expect("encode");
+        log.insert(k, v).expect("insert");
+    }
     db.flush().expect("flush");
 }
 
-fn nth_key(t: &sled::Tree, n: usize) -> (sled::IVec, sled::IVec) {
-    t.iter().nth(n).expect("nth").expect("kv")
+/// Swap two stored events' contents (chain links and record), leaving the keys in place.
+fn swap_contents(events: &mut [RawEvent], a: usize, b: usize) {
+    let (ka, kb) = (events[a].key, events[b].key);
+    events.swap(a, b);
+    events[a].key = ka;
+    events[b].key = kb;
 }
 
 #[test]
@@ -324,38 +345,54 @@ fn verify_detects_modified_deleted_reordered() {
     };
     // Modified: flip the decision inside the stored JSON of event 100.
     let dir = setup();
-    tamper(dir.path(), |t| {
-        let (k, v) = nth_key(t, 100);
-        let s = String::from_utf8(v.to_vec()[65..].to_vec()).expect("json");
+    tamper(dir.path(), |evs| {
+        let s = String::from_utf8(evs[100].body.clone()).expect("json");
         let changed = s.replacen("\"effect\":\"", "\"effect\":\"x", 1);
-        let mut nv = v[..65].to_vec();
-        nv.extend_from_slice(changed.as_bytes());
-        t.insert(k, nv).expect("insert");
+        assert_ne!(s, changed);
+        evs[100].body = changed.into_bytes();
     });
     check(&dir, BreakKind::Modified, 100);
     // Deleted: remove event 50; event 51 (now at position 50) names a missing predecessor.
     let dir = setup();
-    tamper(dir.path(), |t| {
-        let (k, _) = nth_key(t, 50);
-        t.remove(k).expect("remove");
+    tamper(dir.path(), |evs| {
+        evs.remove(50);
     });
     check(&dir, BreakKind::Deleted, 50);
     // Reordered: swap the values of events 20 and 21.
     let dir = setup();
-    tamper(dir.path(), |t| {
-        let (k1, v1) = nth_key(t, 20);
-        let (k2, v2) = nth_key(t, 21);
-        t.insert(k1, v2).expect("i");
-        t.insert(k2, v1).expect("i");
-    });
+    tamper(dir.path(), |evs| swap_contents(evs, 20, 21));
     check(&dir, BreakKind::Reordered, 20);
     // Removed at the end: the recorded head no longer matches.
     let dir = setup();
-    tamper(dir.path(), |t| {
-        let (k, _) = t.last().expect("last").expect("kv");
-        t.remove(k).expect("remove");
+    tamper(dir.path(), |evs| {
+        evs.pop();
     });
     check(&dir, BreakKind::Truncated, 299);
+    // A report summary changed without its record (a report would lie): named too.
+    let dir = setup();
+    {
+        let db = sled::open(dir.path().join("sled")).expect("sled");
+        let log = db.open_tree("log").expect("log");
+        let (k, v) = log.iter().nth(2).expect("third block").expect("kv");
+        let evs = block::decode_events(&v).expect("block");
+        let mut b = block::Builder::default();
+        for (i, e) in evs.iter().enumerate() {
+            let mut s = block::Summary::from_json(&e.body).expect("summary");
+            if i == 5 {
+                s.effect = "tampered".into();
+            }
+            b.push(&e.key, &e.prev, &e.hash, &e.body, &s);
+        }
+        let (nk, nv) = b.seal(&mut block::Compressor::default()).expect("seal");
+        assert_eq!(&nk[..], &k[..]);
+        log.insert(k, nv).expect("insert");
+        db.flush().expect("flush");
+    }
+    check(
+        &dir,
+        BreakKind::Modified,
+        2 * block::BLOCK_EVENTS as u64 + 5,
+    );
     // Untouched store verifies.
     let dir = setup();
     let s = Store::open_read_only(dir.path()).expect("ro");
@@ -383,8 +420,23 @@ fn raw_files_never_hold_planted_secrets() {
     let recs = records(2000, 600, true, 1);
     let s = store_with(dir.path(), &recs);
     s.close().expect("close");
-    let files = snapshot(dir.path());
+    let mut files = snapshot(dir.path());
     assert!(files.len() >= 3);
+    // The log is compressed on disk: search the decompressed records as well as the raw
+    // files (the raw bytes were taken before opening sled again).
+    {
+        let db = sled::open(dir.path().join("sled")).expect("sled");
+        let log = db.open_tree("log").expect("log");
+        let mut n = 0;
+        for r in log.iter() {
+            let (k, v) = r.expect("kv");
+            for e in block::decode_events(&v).expect("a hoop block") {
+                files.push((format!("decompressed event {k:?}/{n}"), e.body));
+                n += 1;
+            }
+        }
+        assert_eq!(n, 2000);
+    }
     for (name, bytes) in &files {
         for secret in [
             SECRET_STRING,
