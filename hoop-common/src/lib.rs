@@ -28,9 +28,6 @@ pub const FLAG_SKIPPED: u8 = 1;
 /// Which probe produced a record.
 pub const SRC_OPENSSL: u8 = 0;
 
-/// Record produced by the Go `crypto/tls` probes (`conn` is the `*tls.Conn`).
-pub const SRC_GO: u8 = 1;
-
 /// Indexes into the `COUNTERS` per-CPU array.
 pub mod counter {
     /// Records that could not be written to the ring buffer (it was full).
@@ -136,4 +133,298 @@ pub fn c_str_bytes(b: &[u8]) -> &[u8] {
         Some(n) => &b[..n],
         None => b,
     }
+}
+
+/// Record produced by the Go `crypto/tls` probes (`conn` is the `*tls.Conn`).
+pub const SRC_GO: u8 = 1;
+
+// ---------------------------------------------------------------------------------------------
+// Enforcement (issue 6): compiled policy in kernel maps, decisions back to user space.
+// ---------------------------------------------------------------------------------------------
+
+/// Enforcement constants shared by `hoop-ebpf/src/enforce.rs` and `hoop-agent/src/enforce.rs`.
+pub mod enf {
+    /// FNV-1a 64 offset basis and prime: every string the kernel matches is hashed with it.
+    pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    pub const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+    /// Bytes of a write the kernel classifies (head and, for pending bodies, body head).
+    pub const SCAN_BYTES: usize = 2048;
+    /// Longest resource-name prefix the kernel can match (bucket / table names).
+    pub const RES_PREFIX_MAX: usize = 63;
+    /// Deepest REST path the kernel distinguishes (deeper paths count as this depth).
+    pub const MAX_DEPTH: u32 = 8;
+    /// Rules one action key can carry (first match wins, in policy order).
+    pub const MAX_CANDS: usize = 16;
+    /// Rules in the kernel rule array.
+    pub const MAX_RULES: u32 = 1024;
+
+    /// Request kinds (first word of every action key).
+    pub const KIND_JSON: u64 = 1;
+    pub const KIND_QUERY: u64 = 2;
+    pub const KIND_REST: u64 = 3;
+    pub const KIND_CBOR: u64 = 4;
+    /// Decision event kind for cgroup connect4/connect6 denials.
+    pub const KIND_CONNECT: u8 = 5;
+
+    /// HTTP method codes.
+    pub const M_GET: u64 = 1;
+    pub const M_PUT: u64 = 2;
+    pub const M_POST: u64 = 3;
+    pub const M_DELETE: u64 = 4;
+    pub const M_HEAD: u64 = 5;
+    pub const M_PATCH: u64 = 6;
+
+    /// Rule effects ([`super::RuleDef::effect`]).
+    pub const EFFECT_AUDIT: u8 = 1;
+    pub const EFFECT_DENY: u8 = 2;
+    pub const EFFECT_KILL: u8 = 3;
+    pub const EFFECT_APPROVE: u8 = 4;
+
+    /// [`super::RuleDef::flags`].
+    /// The rule has workload selectors: (cgroup id | tgid, rule) must be in `ENF_WL`.
+    pub const RF_WORKLOAD: u8 = 1;
+    /// The rule lists access keys: (key hash, rule) must be in `ENF_AKIDS`.
+    pub const RF_AKID: u8 = 2;
+    /// `approve` with `hold: true`: SIGSTOP the caller instead of failing the call.
+    pub const RF_HOLD: u8 = 4;
+    /// S3 resource pattern names objects (`bucket/*`): only object-level paths match.
+    pub const RF_OBJECT: u8 = 8;
+    /// S3 resource pattern names a bucket only: only bucket-level paths match.
+    pub const RF_BUCKET: u8 = 16;
+
+    /// [`super::RuleDef::res_kind`] and [`super::DecisionEvent::res_kind`].
+    pub const RES_NONE: u8 = 0;
+    /// S3 bucket, first path segment (path-style addressing).
+    pub const RES_BUCKET: u8 = 1;
+    /// DynamoDB table, `"TableName"` in the JSON body.
+    pub const RES_TABLE: u8 = 2;
+
+    /// [`super::RuleDef::res_mode`].
+    pub const RES_ANY: u8 = 0;
+    pub const RES_EXACT: u8 = 1;
+    pub const RES_PREFIX: u8 = 2;
+
+    /// Decision outcomes ([`super::DecisionEvent::outcome`]).
+    pub const OUT_AUDIT: u8 = 1;
+    pub const OUT_DENY: u8 = 2;
+    pub const OUT_WOULD_DENY: u8 = 3;
+    pub const OUT_KILL: u8 = 4;
+    pub const OUT_APPROVAL_REQUESTED: u8 = 5;
+    pub const OUT_APPROVED: u8 = 6;
+    /// Approval requested and the caller stopped (SIGSTOP) until a decision.
+    pub const OUT_HELD: u8 = 7;
+
+    /// [`super::WlKey::kind`].
+    pub const WL_CGROUP: u32 = 0;
+    pub const WL_TGID: u32 = 1;
+
+    /// Indexes of the `ENF_STATS` per-CPU array.
+    pub const STAT_DECISIONS: u32 = 0;
+    pub const STAT_DECISION_NS: u32 = 1;
+    pub const STAT_DROPS: u32 = 2;
+    pub const STAT_CLASSIFIED: u32 = 3;
+    pub const STAT_LOST_EVENTS: u32 = 4;
+    pub const STAT_CONNECT_DENIED: u32 = 5;
+    pub const STAT_COUNT: u32 = 8;
+
+    /// One FNV-1a step.
+    #[inline(always)]
+    pub const fn fnv_byte(h: u64, b: u8) -> u64 {
+        (h ^ b as u64).wrapping_mul(FNV_PRIME)
+    }
+
+    /// FNV-1a of a byte string.
+    pub const fn fnv(bytes: &[u8]) -> u64 {
+        let mut h = FNV_OFFSET;
+        let mut i = 0;
+        while i < bytes.len() {
+            h = fnv_byte(h, bytes[i]);
+            i += 1;
+        }
+        h
+    }
+
+    /// Folds one 64-bit word into a key.
+    #[inline(always)]
+    pub const fn mix(h: u64, w: u64) -> u64 {
+        (h.rotate_left(23) ^ w).wrapping_mul(FNV_PRIME)
+    }
+
+    /// `X-Amz-Target: Prefix.Op`.
+    #[inline(always)]
+    pub const fn key_json(target: u64) -> u64 {
+        mix(mix(FNV_OFFSET, KIND_JSON), target)
+    }
+    /// Query protocol: signing service + `Action=` value.
+    #[inline(always)]
+    pub const fn key_query(svc: u64, action: u64) -> u64 {
+        mix(mix(mix(FNV_OFFSET, KIND_QUERY), svc), action)
+    }
+    /// REST: signing service, method, path depth, first segment (0 = any) and first query
+    /// key (0 = any).
+    #[inline(always)]
+    pub const fn key_rest(svc: u64, method: u64, depth: u64, seg0: u64, qkey: u64) -> u64 {
+        mix(
+            mix(
+                mix(mix(mix(mix(FNV_OFFSET, KIND_REST), svc), method), depth),
+                seg0,
+            ),
+            qkey,
+        )
+    }
+    /// rpc-v2-cbor: signing service + last path segment (`/service/S/operation/Op`).
+    #[inline(always)]
+    pub const fn key_cbor(svc: u64, op: u64) -> u64 {
+        mix(mix(mix(FNV_OFFSET, KIND_CBOR), svc), op)
+    }
+}
+
+/// Global enforcement switches (`ENF_CONFIG[0]`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EnforceConfig {
+    /// 0: no classification at all.
+    pub enabled: u32,
+    /// 1: record would-deny, block nothing.
+    pub monitor: u32,
+    /// 1: accumulate decision time in `ENF_STATS`.
+    pub stats: u32,
+    /// 1: some rule has no workload selector (classify every process).
+    pub global: u32,
+    /// Always 0 (the kernel uses it as a value the verifier cannot constant-fold).
+    pub zero: u32,
+    pub _pad: u32,
+}
+
+/// One compiled rule (`ENF_RULES[index]`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RuleDef {
+    /// `enf::EFFECT_*`; 0 = empty slot.
+    pub effect: u8,
+    /// `enf::RF_*`.
+    pub flags: u8,
+    pub res_kind: u8,
+    pub res_mode: u8,
+    /// Length of the resource name (exact) or prefix, <= `RES_PREFIX_MAX`.
+    pub res_len: u32,
+    /// uid the caller must have, `u32::MAX` = any.
+    pub uid: u32,
+    pub _pad: u32,
+    /// FNV-1a of the resource name or prefix.
+    pub res_hash: u64,
+}
+
+/// Rules an action key can trigger, in policy order (`ENF_ACTIONS[key]`). `n == 0` marks a key
+/// that is known (an operation without rules) and stops the less specific lookups.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cands {
+    pub n: u32,
+    pub _pad: u32,
+    pub idx: [u16; enf::MAX_CANDS],
+}
+
+/// Workload membership of a rule: (cgroup id or tgid, rule index).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct WlKey {
+    pub id: u64,
+    pub rule: u32,
+    /// `enf::WL_CGROUP` or `enf::WL_TGID`.
+    pub kind: u32,
+}
+
+/// Access-key membership of a rule.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AkidKey {
+    pub akid: u64,
+    pub rule: u32,
+    pub _pad: u32,
+}
+
+/// A just-in-time approval grant (`ENF_GRANTS[key] = expiry, boot ns`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct GrantKey {
+    pub akid: u64,
+    pub action: u64,
+    /// FNV-1a of the full resource name, 0 when the rule has no resource.
+    pub res: u64,
+}
+
+/// Request state kept between the head write and the body write of one connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PendingReq {
+    pub akid: u64,
+    pub svc: u64,
+    /// Action key already known (json), 0 for query bodies.
+    pub action: u64,
+    pub kind: u32,
+    pub _pad: u32,
+}
+
+/// One policy decision (`ENF_EVENTS` ring buffer).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DecisionEvent {
+    pub ts_ns: u64,
+    /// `SSL *` of the connection (0 for connect decisions).
+    pub conn: u64,
+    pub cgroup_id: u64,
+    pub action: u64,
+    pub akid: u64,
+    /// FNV-1a of the full resource name (0 = none).
+    pub res: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub rule: u32,
+    /// `enf::OUT_*`.
+    pub outcome: u8,
+    /// `enf::KIND_*` of the request.
+    pub kind: u8,
+    pub res_kind: u8,
+    pub _pad: u8,
+    /// Kernel time spent deciding (0 unless stats are on).
+    pub decide_ns: u32,
+    /// Connect decisions: destination (v4 as v4-mapped v6) and port (host order).
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub _pad2: [u8; 6],
+}
+
+/// LPM key data of the endpoint trie: cgroup id (0 = every cgroup) then the IPv6 (or
+/// v4-mapped) address. Prefix length = 64 + address prefix bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EndpointKey {
+    pub cgroup: [u8; 8],
+    pub addr: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EndpointVal {
+    pub rule: u32,
+    /// Destination port, 0 = any.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+#[cfg(feature = "user")]
+mod user_enforce {
+    // SAFETY: plain-old-data, `#[repr(C)]`, explicitly padded.
+    unsafe impl aya::Pod for super::EnforceConfig {}
+    unsafe impl aya::Pod for super::RuleDef {}
+    unsafe impl aya::Pod for super::Cands {}
+    unsafe impl aya::Pod for super::WlKey {}
+    unsafe impl aya::Pod for super::AkidKey {}
+    unsafe impl aya::Pod for super::GrantKey {}
+    unsafe impl aya::Pod for super::PendingReq {}
+    unsafe impl aya::Pod for super::EndpointKey {}
+    unsafe impl aya::Pod for super::EndpointVal {}
 }

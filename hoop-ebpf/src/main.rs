@@ -11,6 +11,7 @@
 #![no_std]
 #![no_main]
 
+mod enforce;
 mod go_tls;
 
 use aya_ebpf::{
@@ -228,24 +229,28 @@ pub(crate) fn emit_from<C: EbpfContext>(
 #[uprobe]
 pub fn ssl_write(ctx: ProbeContext) -> u32 {
     stash(&ctx, &WRITE_ARGS, false);
+    enforce::on_write(&ctx);
     0
 }
 
 #[uretprobe]
 pub fn ssl_write_ret(ctx: RetProbeContext) -> u32 {
     finish(&ctx, &WRITE_ARGS, false, DIR_WRITE);
+    enforce::on_write_return();
     0
 }
 
 #[uprobe]
 pub fn ssl_write_ex(ctx: ProbeContext) -> u32 {
     stash(&ctx, &WRITE_ARGS, true);
+    enforce::on_write(&ctx);
     0
 }
 
 #[uretprobe]
 pub fn ssl_write_ex_ret(ctx: RetProbeContext) -> u32 {
     finish(&ctx, &WRITE_ARGS, true, DIR_WRITE);
+    enforce::on_write_return();
     0
 }
 

@@ -1,0 +1,298 @@
+//! The agent's local API: HTTP/1.1 over a Unix socket (`--api-socket`, mode 0600).
+//!
+//! Routes are registered on a [`Router`]: `router.route("GET", "/v1/things/{id}", handler)`.
+//! A handler gets the [`ApiRequest`] (method, path parameters, body, the caller's uid/pid from
+//! SO_PEERCRED) and returns an [`ApiResponse`] (status + JSON). Other modules add their routes
+//! by building on [`Router`] and passing it to [`serve`].
+
+use anyhow::{Context, Result};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::{info, warn};
+
+#[derive(Debug, Default, Clone)]
+pub struct ApiRequest {
+    pub method: String,
+    pub path: String,
+    pub params: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+    /// Caller's credentials (SO_PEERCRED).
+    pub peer_uid: Option<u32>,
+    pub peer_pid: Option<i32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiResponse {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl ApiResponse {
+    pub fn ok(body: Value) -> Self {
+        ApiResponse { status: 200, body }
+    }
+    pub fn error(status: u16, msg: impl std::fmt::Display) -> Self {
+        ApiResponse {
+            status,
+            body: json!({ "error": msg.to_string() }),
+        }
+    }
+}
+
+pub type Handler = Arc<dyn Fn(&ApiRequest) -> ApiResponse + Send + Sync>;
+
+/// Method + path pattern (`{name}` segments capture) → handler.
+#[derive(Default, Clone)]
+pub struct Router {
+    routes: Vec<(String, Vec<String>, Handler)>,
+}
+
+impl Router {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn route(
+        mut self,
+        method: &str,
+        pattern: &str,
+        h: impl Fn(&ApiRequest) -> ApiResponse + Send + Sync + 'static,
+    ) -> Self {
+        let segs = pattern.split('/').filter(|s| !s.is_empty()).map(str::to_string).collect();
+        self.routes.push((method.to_string(), segs, Arc::new(h)));
+        self
+    }
+
+    /// Adds every route of another router.
+    pub fn merge(mut self, other: Router) -> Self {
+        self.routes.extend(other.routes);
+        self
+    }
+
+    pub fn handle(&self, mut req: ApiRequest) -> ApiResponse {
+        let path = req.path.split('?').next().unwrap_or("").to_string();
+        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let mut path_matched = false;
+        for (m, pat, h) in &self.routes {
+            if pat.len() != segs.len() {
+                continue;
+            }
+            let mut params = BTreeMap::new();
+            let ok = pat.iter().zip(&segs).all(|(p, s)| {
+                match p.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+                    Some(name) => {
+                        params.insert(name.to_string(), (*s).to_string());
+                        true
+                    }
+                    None => p == s,
+                }
+            });
+            if !ok {
+                continue;
+            }
+            path_matched = true;
+            if m != &req.method {
+                continue;
+            }
+            req.params = params;
+            return h(&req);
+        }
+        if path_matched {
+            ApiResponse::error(405, "method not allowed")
+        } else {
+            ApiResponse::error(404, format!("no route for {}", req.path))
+        }
+    }
+}
+
+fn peer_cred(fd: i32) -> (Option<u32>, Option<i32>) {
+    let mut c = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: valid out-pointers for SO_PEERCRED.
+    let r = unsafe {
+        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut c as *mut libc::ucred).cast(), &mut len)
+    };
+    if r == 0 { (Some(c.uid), Some(c.pid)) } else { (None, None) }
+}
+
+const MAX_REQUEST: usize = 1 << 20;
+
+/// Parses one HTTP/1.x request from bytes read so far; `None` = need more.
+fn parse_request(buf: &[u8]) -> Option<Result<ApiRequest, ()>> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut r = httparse::Request::new(&mut headers);
+    match r.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => {
+            let len = r
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if len > MAX_REQUEST {
+                return Some(Err(()));
+            }
+            if buf.len() < n + len {
+                return None;
+            }
+            Some(Ok(ApiRequest {
+                method: r.method.unwrap_or("GET").to_string(),
+                path: r.path.unwrap_or("/").to_string(),
+                body: buf[n..n + len].to_vec(),
+                ..Default::default()
+            }))
+        }
+        Ok(httparse::Status::Partial) => None,
+        Err(_) => Some(Err(())),
+    }
+}
+
+/// Binds the socket (mode 0600, parent directory created) and serves `router` on the current
+/// tokio runtime.
+pub fn serve(path: &Path, router: Router) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("bind API socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    info!(socket = %path.display(), "local API listening");
+    let router = Arc::new(router);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { continue };
+            let router = router.clone();
+            tokio::spawn(async move {
+                use std::os::fd::AsRawFd;
+                let (uid, pid) = peer_cred(s.as_raw_fd());
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let req = loop {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    if buf.len() > MAX_REQUEST + 8192 {
+                        return;
+                    }
+                    if let Some(r) = parse_request(&buf) {
+                        break r;
+                    }
+                };
+                let resp = match req {
+                    Ok(mut r) => {
+                        r.peer_uid = uid;
+                        r.peer_pid = pid;
+                        let router = router.clone();
+                        tokio::task::spawn_blocking(move || router.handle(r))
+                            .await
+                            .unwrap_or_else(|_| ApiResponse::error(500, "handler panicked"))
+                    }
+                    Err(()) => ApiResponse::error(400, "bad request"),
+                };
+                let body = resp.body.to_string();
+                let head = format!(
+                    "HTTP/1.1 {} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    resp.status,
+                    body.len()
+                );
+                if s.write_all(head.as_bytes()).await.is_err() || s.write_all(body.as_bytes()).await.is_err() {
+                    warn!("API client went away");
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+/// Approval routes: list, approve, deny.
+pub fn approval_routes(state: crate::enforce::Shared) -> Router {
+    let s1 = state.clone();
+    let s2 = state.clone();
+    let s3 = state;
+    let who = |r: &ApiRequest| -> String {
+        let comm = r
+            .peer_pid
+            .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).ok())
+            .map(|c| c.trim().to_string())
+            .unwrap_or_default();
+        format!("uid={} pid={} comm={comm}", r.peer_uid.unwrap_or(u32::MAX), r.peer_pid.unwrap_or(-1))
+    };
+    let decide = move |st: &crate::enforce::Shared, r: &ApiRequest, approve: bool| -> ApiResponse {
+        let Some(id) = r.params.get("id").and_then(|i| i.parse::<u64>().ok()) else {
+            return ApiResponse::error(400, "bad approval id");
+        };
+        let by = who(r);
+        match st.lock() {
+            Ok(mut s) => match s.decide(id, approve, &by, false) {
+                Ok(v) => ApiResponse::ok(v),
+                Err(e) => ApiResponse::error(409, e),
+            },
+            Err(_) => ApiResponse::error(500, "state poisoned"),
+        }
+    };
+    let d2 = decide.clone();
+    Router::new()
+        .route("GET", "/v1/approvals", move |_| ApiResponse::ok(crate::enforce::approvals_json(&s1)))
+        .route("POST", "/v1/approvals/{id}/approve", move |r| decide(&s2, r, true))
+        .route("POST", "/v1/approvals/{id}/deny", move |r| d2(&s3, r, false))
+}
+
+/// Blocking client for the CLI: one request, returns (status, JSON body).
+pub fn call(socket: &Path, method: &str, path: &str) -> Result<(u16, Value)> {
+    call_with_body(socket, method, path, b"")
+}
+
+/// Like [`call`], with a JSON request body.
+pub fn call_json(socket: &Path, method: &str, path: &str, body: &Value) -> Result<(u16, Value)> {
+    call_with_body(socket, method, path, body.to_string().as_bytes())
+}
+
+fn call_with_body(socket: &Path, method: &str, path: &str, body: &[u8]) -> Result<(u16, Value)> {
+    let mut s = std::os::unix::net::UnixStream::connect(socket)
+        .with_context(|| format!("connect to the agent at {}", socket.display()))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: hoop\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )?;
+    s.write_all(body)?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    let text = String::from_utf8_lossy(&out);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_with_params() {
+        let r = Router::new()
+            .route("GET", "/v1/a/{id}", |r| ApiResponse::ok(json!(r.params.get("id"))))
+            .route("POST", "/v1/a", |_| ApiResponse::ok(json!("post")));
+        let req = |m: &str, p: &str| ApiRequest {
+            method: m.into(),
+            path: p.into(),
+            ..Default::default()
+        };
+        assert_eq!(r.handle(req("GET", "/v1/a/7")).body, json!("7"));
+        assert_eq!(r.handle(req("GET", "/v1/a")).status, 405);
+        assert_eq!(r.handle(req("GET", "/nope")).status, 404);
+        assert!(matches!(parse_request(b"GET /x HTTP/1.1\r\nContent-Length: 2\r\n\r\na"), None));
+        assert!(matches!(parse_request(b"GET /x HTTP/1.1\r\nContent-Length: 2\r\n\r\nab"), Some(Ok(_))));
+    }
+}

@@ -1,0 +1,968 @@
+//! Enforcement, user-space side (issue 6): loads and attaches the socket programs (sock_ops,
+//! sk_msg, connect4/connect6), fills the kernel maps from the compiled policy, hot-reloads the
+//! policy, adopts sockets that existed before the agent, turns kernel decision events into
+//! record decisions and runs just-in-time approvals.
+
+use crate::policy::{self, Compiled, Effect, Mode, Workload};
+use anyhow::{Context, Result, anyhow};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, RingBuf, SockHash},
+    maps::lpm_trie::Key,
+    programs::{CgroupAttachMode, CgroupSockAddr, SkMsg, SockOps},
+};
+use hoop_common::{
+    AkidKey, Cands, DecisionEvent, EndpointKey, EndpointVal, EnforceConfig, GrantKey, RuleDef,
+    WlKey, enf,
+};
+use hoop_event::{CallRecord, Decision};
+use serde_json::{Value, json};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tracing::{error, info, warn};
+
+/// Options of `hoop-agent run` for enforcement.
+#[derive(Clone, Debug, Default)]
+pub struct EnforceOptions {
+    /// Policy file; `None` = /etc/hoop/policy.yaml when it exists.
+    pub policy: Option<PathBuf>,
+    /// Unix socket of the local API.
+    pub api_socket: PathBuf,
+    /// Accumulate in-kernel decision time (`ENF_STATS`).
+    pub stats: bool,
+}
+
+/// Kernel maps the agent writes.
+struct Maps {
+    config: Array<MapData, EnforceConfig>,
+    actions: BpfHashMap<MapData, u64, Cands>,
+    rules: Array<MapData, RuleDef>,
+    wl: BpfHashMap<MapData, WlKey, u8>,
+    scope_cg: BpfHashMap<MapData, u64, u8>,
+    scope_pid: BpfHashMap<MapData, u32, u8>,
+    akids: BpfHashMap<MapData, AkidKey, u8>,
+    grants: BpfHashMap<MapData, GrantKey, u64>,
+    verdict: BpfHashMap<MapData, u64, u32>,
+    endpoints: LpmTrie<MapData, EndpointKey, EndpointVal>,
+    socks: SockHash<MapData, u64>,
+}
+
+/// What was written to the kernel by the last apply, to remove stale entries.
+#[derive(Default)]
+struct Written {
+    actions: BTreeSet<u64>,
+    rules: u32,
+    wl: BTreeSet<(u64, u32, u32)>,
+    scope_cg: BTreeSet<u64>,
+    scope_pid: BTreeSet<u32>,
+    akids: BTreeSet<(u64, u32)>,
+    endpoints: BTreeSet<(u32, [u8; 8], [u8; 16])>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApprovalState {
+    Pending,
+    Approved,
+    Denied,
+    Expired,
+}
+
+#[derive(Clone, Debug)]
+pub struct Approval {
+    pub id: u64,
+    pub rule: String,
+    pub state: ApprovalState,
+    pub held: bool,
+    pub tgid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub cgroup_id: u64,
+    pub operation: String,
+    pub requested_at: String,
+    pub requested_boot_ns: u64,
+    pub decided_at: Option<String>,
+    pub decided_by: Option<String>,
+    pub grant_expires: Option<String>,
+    pub call: Option<Value>,
+    grant: GrantKey,
+    ttl_secs: u64,
+    hold_timeout_secs: u64,
+    conn: u64,
+    recorded: bool,
+}
+
+impl Approval {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "rule": self.rule,
+            "state": format!("{:?}", self.state).to_lowercase(),
+            "held": self.held,
+            "pid": self.tgid,
+            "tid": self.tid,
+            "uid": self.uid,
+            "cgroup_id": self.cgroup_id,
+            "operation": self.operation,
+            "requested_at": self.requested_at,
+            "decided_at": self.decided_at,
+            "decided_by": self.decided_by,
+            "grant_expires": self.grant_expires,
+            "call": self.call,
+        })
+    }
+}
+
+/// Shared enforcement state: the kernel maps, the active policy and the approvals.
+pub struct State {
+    maps: Maps,
+    written: Written,
+    pub policy: Option<Arc<Compiled>>,
+    cgroup_root: PathBuf,
+    stats: bool,
+    pub approvals: Vec<Approval>,
+    next_id: u64,
+    /// Lines (approvals, endpoint decisions) for the output.
+    pub lines: Vec<Value>,
+    clock: crate::record::Clock,
+}
+
+pub type Shared = Arc<Mutex<State>>;
+
+/// The event-loop side: decision events in, record decisions out.
+pub struct Enforcer {
+    pub state: Shared,
+    ring: RingBuf<MapData>,
+    stats_map: PerCpuArray<MapData, u64>,
+    /// (tgid, conn) -> decisions not yet matched to a record.
+    queued: HashMap<(u32, u64), VecDeque<DecisionEvent>>,
+}
+
+/// The cgroup2 mount point, from /proc/self/mountinfo.
+pub fn cgroup2_mount() -> Result<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").context("read mountinfo")?;
+    for line in text.lines() {
+        // ... mount_point ... - fstype source opts
+        let Some((pre, post)) = line.split_once(" - ") else { continue };
+        if post.split_whitespace().next() == Some("cgroup2") {
+            if let Some(mp) = pre.split_whitespace().nth(4) {
+                return Ok(PathBuf::from(mp.replace("\\040", " ")));
+            }
+        }
+    }
+    Err(anyhow!("no cgroup2 mount in /proc/self/mountinfo"))
+}
+
+fn take<T: TryFrom<aya::maps::Map>>(ebpf: &mut Ebpf, name: &str) -> Result<T>
+where
+    <T as TryFrom<aya::maps::Map>>::Error: std::error::Error + Send + Sync + 'static,
+{
+    let m = ebpf
+        .take_map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))?;
+    T::try_from(m).with_context(|| format!("map {name}"))
+}
+
+/// Loads and attaches the enforcement programs, takes their maps, loads the policy and
+/// starts the reload thread and the local API.
+pub fn start(ebpf: &mut Ebpf, opts: &EnforceOptions) -> Result<Enforcer> {
+    let root = cgroup2_mount()?;
+    let socks: SockHash<MapData, u64> = take(ebpf, "ENF_SOCKS")?;
+    {
+        let p: &mut SkMsg = ebpf
+            .program_mut("hoop_sk_msg")
+            .ok_or_else(|| anyhow!("hoop_sk_msg missing"))?
+            .try_into()?;
+        p.load().context("load sk_msg")?;
+        p.attach(socks.fd()).context("attach sk_msg to ENF_SOCKS")?;
+    }
+    let cg = std::fs::File::open(&root).with_context(|| format!("open {}", root.display()))?;
+    {
+        let p: &mut SockOps = ebpf
+            .program_mut("hoop_sock_ops")
+            .ok_or_else(|| anyhow!("hoop_sock_ops missing"))?
+            .try_into()?;
+        p.load().context("load sock_ops")?;
+        p.attach(&cg, CgroupAttachMode::Single)
+            .context("attach sock_ops to the cgroup2 root")?;
+    }
+    for name in ["hoop_connect4", "hoop_connect6"] {
+        let p: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("{name} missing"))?
+            .try_into()?;
+        p.load().with_context(|| format!("load {name}"))?;
+        p.attach(&cg, CgroupAttachMode::Single)
+            .with_context(|| format!("attach {name}"))?;
+    }
+    let maps = Maps {
+        config: take(ebpf, "ENF_CONFIG")?,
+        actions: take(ebpf, "ENF_ACTIONS")?,
+        rules: take(ebpf, "ENF_RULES")?,
+        wl: take(ebpf, "ENF_WL")?,
+        scope_cg: take(ebpf, "ENF_SCOPE_CG")?,
+        scope_pid: take(ebpf, "ENF_SCOPE_PID")?,
+        akids: take(ebpf, "ENF_AKIDS")?,
+        grants: take(ebpf, "ENF_GRANTS")?,
+        verdict: take(ebpf, "ENF_VERDICT")?,
+        endpoints: take(ebpf, "ENF_ENDPOINTS")?,
+        socks,
+    };
+    let ring: RingBuf<MapData> = take(ebpf, "ENF_EVENTS")?;
+    let stats_map: PerCpuArray<MapData, u64> = take(ebpf, "ENF_STATS")?;
+    let mut st = State {
+        maps,
+        written: Written::default(),
+        policy: None,
+        cgroup_root: root.clone(),
+        stats: opts.stats,
+        approvals: Vec::new(),
+        next_id: 1,
+        lines: Vec::new(),
+        clock: crate::record::Clock::new(),
+    };
+    let adopted = st.adopt_existing_sockets();
+    info!(cgroup2 = %root.display(), adopted, "enforcement attached");
+    let path = opts
+        .policy
+        .clone()
+        .or_else(|| Some(PathBuf::from("/etc/hoop/policy.yaml")).filter(|p| p.exists()));
+    let mut mtime = None;
+    if let Some(p) = &path {
+        mtime = file_mtime(p);
+        match load_policy(p) {
+            Ok(c) => st.apply(Arc::new(c)),
+            Err(e) => return Err(anyhow!("policy {}: {e}", p.display())),
+        }
+    } else {
+        st.write_config();
+    }
+    let shared: Shared = Arc::new(Mutex::new(st));
+    let s2 = shared.clone();
+    std::thread::Builder::new()
+        .name("hoop-policy".into())
+        .spawn(move || policy_loop(s2, path, mtime))
+        .context("spawn policy thread")?;
+    crate::api::serve(&opts.api_socket, crate::api::approval_routes(shared.clone()))?;
+    Ok(Enforcer {
+        state: shared,
+        ring,
+        stats_map,
+        queued: HashMap::new(),
+    })
+}
+
+fn file_mtime(p: &Path) -> Option<SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+fn load_policy(p: &Path) -> Result<Compiled> {
+    let text = std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?;
+    let c = policy::compile_str(&text)?;
+    for w in &c.warnings {
+        warn!("policy: {w}");
+    }
+    Ok(c)
+}
+
+fn policy_loop(state: Shared, path: Option<PathBuf>, mut mtime: Option<SystemTime>) {
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let Ok(mut st) = state.lock() else { return };
+        if let Some(p) = &path {
+            let m = file_mtime(p);
+            if m != mtime {
+                mtime = m;
+                match load_policy(p) {
+                    Ok(c) => {
+                        info!(rules = c.rules.len(), "policy reloaded");
+                        st.apply(Arc::new(c));
+                    }
+                    Err(e) => error!("policy {} rejected, previous policy kept: {e:#}", p.display()),
+                }
+            }
+        }
+        st.refresh_workloads();
+        st.expire_holds();
+    }
+}
+
+/// Every cgroup directory below the mount: (relative path, cgroup id = inode).
+fn cgroups(root: &Path) -> Vec<(String, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        if let Ok(m) = std::fs::metadata(&d) {
+            let rel = d.strip_prefix(root).map(|p| format!("/{}", p.display())).unwrap_or_default();
+            out.push((rel.replace("//", "/"), m.ino()));
+        }
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            }
+        }
+        if out.len() > 100_000 {
+            break;
+        }
+    }
+    out
+}
+
+fn proc_cgroup(pid: u32) -> Option<String> {
+    let t = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    t.lines().find_map(|l| l.strip_prefix("0::").map(str::to_string))
+}
+
+/// Resolves a workload selector to cgroup ids and (for exe selectors) tgids.
+fn resolve(w: &Workload, all: &[(String, u64)]) -> (BTreeSet<u64>, BTreeSet<u32>) {
+    let mut cgs = BTreeSet::new();
+    let prefixes = w.cgroup.list();
+    let containers = w.container.list();
+    let k8s = !(w.namespace.list().is_empty()
+        && w.pod_labels.is_empty()
+        && w.service_account.list().is_empty());
+    let has_cg_sel = !prefixes.is_empty() || !containers.is_empty() || k8s;
+    let cg_ok = |rel: &str| -> bool {
+        let pre = prefixes.is_empty()
+            || prefixes.iter().any(|p| {
+                let p = format!("/{}", p.trim_start_matches('/'));
+                rel == p || rel.starts_with(&format!("{}/", p.trim_end_matches('/')))
+            });
+        let con = containers.is_empty() || containers.iter().any(|c| c.len() >= 12 && rel.contains(c.as_str()));
+        // Kubernetes selectors need the pod cache (identity); unresolved here they select nothing.
+        pre && con && !k8s
+    };
+    if has_cg_sel {
+        for (rel, id) in all {
+            if cg_ok(rel) {
+                cgs.insert(*id);
+            }
+        }
+    }
+    let mut pids = BTreeSet::new();
+    let exes = w.exe.list();
+    if !exes.is_empty() {
+        if let Ok(rd) = std::fs::read_dir("/proc") {
+            for e in rd.flatten() {
+                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                    continue;
+                };
+                let Ok(exe) = std::fs::read_link(e.path().join("exe")) else { continue };
+                let exe = exe.to_string_lossy();
+                if !exes.iter().any(|g| policy::glob(g, &exe)) {
+                    continue;
+                }
+                if has_cg_sel && !proc_cgroup(pid).is_some_and(|c| cg_ok(&c)) {
+                    continue;
+                }
+                pids.insert(pid);
+            }
+        }
+        cgs.clear();
+    }
+    (cgs, pids)
+}
+
+fn fnv(s: &str) -> u64 {
+    enf::fnv(s.as_bytes())
+}
+
+impl State {
+    fn write_config(&mut self) {
+        let (enabled, monitor, global) = match &self.policy {
+            Some(p) => (
+                u32::from(!p.rules.is_empty() || !p.endpoints.is_empty()),
+                u32::from(p.mode == Mode::Monitor),
+                u32::from(p.rules.iter().any(|r| !r.operations.is_empty() && !r.workload.is_scoped())),
+            ),
+            None => (0, 0, 0),
+        };
+        let cfg = EnforceConfig {
+            enabled,
+            monitor,
+            stats: u32::from(self.stats),
+            global,
+            ..Default::default()
+        };
+        if let Err(e) = self.maps.config.set(0, &cfg, 0) {
+            error!("write ENF_CONFIG: {e}");
+        }
+    }
+
+    /// Writes a compiled policy into the kernel maps (new entries first, then stale ones out).
+    pub fn apply(&mut self, c: Arc<Compiled>) {
+        // Rules.
+        for (slot, kr) in c.krules.iter().enumerate() {
+            let r = &c.rules[kr.rule];
+            let mut flags = 0u8;
+            if r.workload.is_scoped() {
+                flags |= enf::RF_WORKLOAD;
+            }
+            if !r.access_keys.is_empty() {
+                flags |= enf::RF_AKID;
+            }
+            if r.hold {
+                flags |= enf::RF_HOLD;
+            }
+            let mut def = RuleDef {
+                effect: r.effect.code(),
+                flags,
+                uid: r.workload.uid.unwrap_or(u32::MAX),
+                ..Default::default()
+            };
+            if let Some(res) = &kr.res {
+                def.flags |= res.flags;
+                def.res_kind = res.kind;
+                def.res_mode = res.mode;
+                def.res_len = res.text.len() as u32;
+                def.res_hash = fnv(&res.text);
+            }
+            if let Err(e) = self.maps.rules.set(slot as u32, &def, 0) {
+                error!("write ENF_RULES[{slot}]: {e}");
+            }
+        }
+        for slot in c.krules.len() as u32..self.written.rules {
+            let _ = self.maps.rules.set(slot, &RuleDef::default(), 0);
+        }
+        self.written.rules = c.krules.len() as u32;
+        // Action keys.
+        let mut keys = BTreeSet::new();
+        for (k, v) in &c.actions {
+            let mut cands = Cands {
+                n: v.len() as u32,
+                ..Default::default()
+            };
+            for (i, s) in v.iter().enumerate().take(enf::MAX_CANDS) {
+                cands.idx[i] = *s;
+            }
+            if let Err(e) = self.maps.actions.insert(k, &cands, 0) {
+                error!("write ENF_ACTIONS: {e}");
+            }
+            keys.insert(*k);
+        }
+        for k in self.written.actions.difference(&keys) {
+            let _ = self.maps.actions.remove(k);
+        }
+        self.written.actions = keys;
+        // Access keys.
+        let mut ak = BTreeSet::new();
+        for (slot, kr) in c.krules.iter().enumerate() {
+            for a in &c.rules[kr.rule].access_keys {
+                let key = AkidKey {
+                    akid: fnv(a),
+                    rule: slot as u32,
+                    _pad: 0,
+                };
+                let _ = self.maps.akids.insert(&key, &1, 0);
+                ak.insert((key.akid, key.rule));
+            }
+        }
+        for (a, r) in self.written.akids.difference(&ak) {
+            let _ = self.maps.akids.remove(&AkidKey {
+                akid: *a,
+                rule: *r,
+                _pad: 0,
+            });
+        }
+        self.written.akids = ak;
+        self.policy = Some(c);
+        self.refresh_workloads();
+        self.write_config();
+    }
+
+    /// Re-resolves workload selectors (new cgroups, new processes) into the maps.
+    fn refresh_workloads(&mut self) {
+        let Some(c) = self.policy.clone() else { return };
+        let all = if c.needs_workload() {
+            cgroups(&self.cgroup_root)
+        } else {
+            Vec::new()
+        };
+        let mut wl = BTreeSet::new();
+        let mut scope_cg = BTreeSet::new();
+        let mut scope_pid = BTreeSet::new();
+        let mut cache: HashMap<usize, (BTreeSet<u64>, BTreeSet<u32>)> = HashMap::new();
+        for (slot, kr) in c.krules.iter().enumerate() {
+            let r = &c.rules[kr.rule];
+            if !r.workload.is_scoped() {
+                continue;
+            }
+            let (cgs, pids) = cache
+                .entry(kr.rule)
+                .or_insert_with(|| resolve(&r.workload, &all))
+                .clone();
+            for cg in cgs {
+                wl.insert((cg, slot as u32, enf::WL_CGROUP));
+                scope_cg.insert(cg);
+            }
+            for p in pids {
+                wl.insert((p as u64, slot as u32, enf::WL_TGID));
+                scope_pid.insert(p);
+            }
+        }
+        for &(id, rule, kind) in wl.difference(&self.written.wl) {
+            let _ = self.maps.wl.insert(&WlKey { id, rule, kind }, &1, 0);
+        }
+        for &cg in scope_cg.difference(&self.written.scope_cg) {
+            let _ = self.maps.scope_cg.insert(&cg, &1, 0);
+        }
+        for &p in scope_pid.difference(&self.written.scope_pid) {
+            let _ = self.maps.scope_pid.insert(&p, &1, 0);
+        }
+        for &(id, rule, kind) in self.written.wl.difference(&wl) {
+            let _ = self.maps.wl.remove(&WlKey { id, rule, kind });
+        }
+        for cg in self.written.scope_cg.difference(&scope_cg) {
+            let _ = self.maps.scope_cg.remove(cg);
+        }
+        for p in self.written.scope_pid.difference(&scope_pid) {
+            let _ = self.maps.scope_pid.remove(p);
+        }
+        self.written.wl = wl;
+        self.written.scope_cg = scope_cg;
+        self.written.scope_pid = scope_pid;
+        // Endpoints.
+        let mut eps = BTreeSet::new();
+        for (i, e) in c.endpoints.iter().enumerate() {
+            if e.effect == Effect::Audit {
+                continue;
+            }
+            let rule_idx = c.rules.iter().position(|r| r.name == e.name).unwrap_or(10_000 + i) as u32;
+            let cgs: Vec<u64> = if e.workload.is_scoped() {
+                resolve(&e.workload, &all).0.into_iter().collect()
+            } else {
+                vec![0]
+            };
+            for (ip, plen) in &e.nets {
+                let (addr, bits) = match ip {
+                    std::net::IpAddr::V4(v4) => (v4.to_ipv6_mapped().octets(), 96 + *plen as u32),
+                    std::net::IpAddr::V6(v6) => (v6.octets(), *plen as u32),
+                };
+                let ports = if e.ports.is_empty() { vec![0] } else { e.ports.clone() };
+                for cg in &cgs {
+                    for port in &ports {
+                        let key = Key::new(
+                            64 + bits,
+                            EndpointKey {
+                                cgroup: cg.to_ne_bytes(),
+                                addr,
+                            },
+                        );
+                        let val = EndpointVal {
+                            rule: rule_idx,
+                            port: *port,
+                            _pad: 0,
+                        };
+                        let _ = self.maps.endpoints.insert(&key, &val, 0);
+                        eps.insert((64 + bits, cg.to_ne_bytes(), addr));
+                    }
+                }
+            }
+        }
+        for (bits, cg, addr) in self.written.endpoints.difference(&eps) {
+            let _ = self.maps.endpoints.remove(&Key::new(
+                *bits,
+                EndpointKey {
+                    cgroup: *cg,
+                    addr: *addr,
+                },
+            ));
+        }
+        self.written.endpoints = eps;
+    }
+
+    /// Adopts established TCP sockets of running processes into the SockHash.
+    fn adopt_existing_sockets(&mut self) -> usize {
+        let established = established_inodes();
+        let me = std::process::id();
+        let mut n = 0;
+        let Ok(rd) = std::fs::read_dir("/proc") else { return 0 };
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if pid == me {
+                continue;
+            }
+            let Ok(fds) = std::fs::read_dir(e.path().join("fd")) else { continue };
+            let mut pidfd: Option<OwnedFd> = None;
+            for fd in fds.flatten() {
+                let Ok(target) = std::fs::read_link(fd.path()) else { continue };
+                let t = target.to_string_lossy();
+                let Some(ino) = t
+                    .strip_prefix("socket:[")
+                    .and_then(|s| s.strip_suffix(']'))
+                    .and_then(|s| s.parse::<u64>().ok())
+                else {
+                    continue;
+                };
+                if !established.contains(&ino) {
+                    continue;
+                }
+                let Some(num) = fd.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                    continue;
+                };
+                if pidfd.is_none() {
+                    // SAFETY: plain syscall; the result is checked.
+                    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
+                    if r < 0 {
+                        break;
+                    }
+                    // SAFETY: a fresh fd we own.
+                    pidfd = Some(unsafe { OwnedFd::from_raw_fd(r as i32) });
+                }
+                let Some(pfd) = pidfd.as_ref() else { break };
+                // SAFETY: plain syscall; the result is checked.
+                let r = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pfd.as_raw_fd(), num, 0) };
+                if r < 0 {
+                    continue;
+                }
+                // SAFETY: a fresh duplicate we own; closing it keeps map membership.
+                let dup = unsafe { OwnedFd::from_raw_fd(r as i32) };
+                let mut cookie: u64 = 0;
+                let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+                // SAFETY: valid out-pointers.
+                let ok = unsafe {
+                    libc::getsockopt(
+                        dup.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        libc::SO_COOKIE,
+                        (&mut cookie as *mut u64).cast(),
+                        &mut len,
+                    )
+                } == 0;
+                if ok && self.maps.socks.insert(&cookie, dup.as_raw_fd(), 0).is_ok() {
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    fn expire_holds(&mut self) {
+        let now = self.clock.boot_now();
+        let due: Vec<u64> = self
+            .approvals
+            .iter()
+            .filter(|a| {
+                a.state == ApprovalState::Pending
+                    && a.held
+                    && now > a.requested_boot_ns + a.hold_timeout_secs * 1_000_000_000
+            })
+            .map(|a| a.id)
+            .collect();
+        for id in due {
+            let _ = self.decide(id, false, "timeout", true);
+        }
+    }
+
+    /// Approves or denies an approval request.
+    pub fn decide(&mut self, id: u64, approve: bool, who: &str, timeout: bool) -> Result<Value> {
+        let now_boot = self.clock.boot_now();
+        let now = crate::record::rfc3339(self.clock.unix_ns(now_boot));
+        let a = self
+            .approvals
+            .iter_mut()
+            .find(|a| a.id == id)
+            .ok_or_else(|| anyhow!("no approval request {id}"))?;
+        if a.state != ApprovalState::Pending {
+            return Err(anyhow!("approval request {id} is already {:?}", a.state));
+        }
+        a.decided_at = Some(now);
+        a.decided_by = Some(who.to_string());
+        if approve {
+            let exp = now_boot + a.ttl_secs * 1_000_000_000;
+            self.maps
+                .grants
+                .insert(&a.grant, &exp, 0)
+                .map_err(|e| anyhow!("write grant: {e}"))?;
+            a.state = ApprovalState::Approved;
+            a.grant_expires = Some(crate::record::rfc3339(self.clock.unix_ns(exp)));
+        } else {
+            a.state = if timeout {
+                ApprovalState::Expired
+            } else {
+                ApprovalState::Denied
+            };
+            if a.held {
+                // The stopped write resumes into a dropped send.
+                let _ = self
+                    .maps
+                    .verdict
+                    .insert(&(((a.tgid as u64) << 32) | a.tid as u64), &1, 0);
+            }
+        }
+        if a.held {
+            // SAFETY: plain kill(2).
+            unsafe { libc::kill(a.tgid as i32, libc::SIGCONT) };
+        }
+        let mut v = a.to_json();
+        v["type"] = json!("approval");
+        v["event"] = json!(match a.state {
+            ApprovalState::Approved => "approved",
+            ApprovalState::Denied => "denied",
+            _ => "expired",
+        });
+        self.lines.push(v.clone());
+        Ok(v)
+    }
+
+    fn rule_name(&self, slot: u32) -> Option<String> {
+        let p = self.policy.as_ref()?;
+        if slot >= 10_000 {
+            return p.endpoints.get((slot - 10_000) as usize).map(|e| e.name.clone());
+        }
+        let kr = p.krules.get(slot as usize);
+        match kr {
+            Some(kr) => p.rules.get(kr.rule).map(|r| r.name.clone()),
+            None => p.rules.get(slot as usize).map(|r| r.name.clone()),
+        }
+    }
+
+    fn rule_of_slot(&self, slot: u32) -> Option<policy::CompiledRule> {
+        let p = self.policy.as_ref()?;
+        p.krules
+            .get(slot as usize)
+            .and_then(|kr| p.rules.get(kr.rule))
+            .cloned()
+    }
+}
+
+fn established_inodes() -> BTreeSet<u64> {
+    let mut out = BTreeSet::new();
+    for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(t) = std::fs::read_to_string(f) else { continue };
+        for l in t.lines().skip(1) {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            if cols.len() > 9 && cols[3] == "01" {
+                if let Ok(i) = cols[9].parse() {
+                    out.insert(i);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn outcome_effect(o: u8) -> &'static str {
+    match o {
+        enf::OUT_AUDIT => "audit",
+        enf::OUT_DENY => "deny",
+        enf::OUT_WOULD_DENY => "would-deny",
+        enf::OUT_KILL => "kill",
+        enf::OUT_APPROVAL_REQUESTED | enf::OUT_HELD => "approval-requested",
+        enf::OUT_APPROVED => "approved",
+        _ => "allow",
+    }
+}
+
+/// In-kernel decision time, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelStats {
+    pub decisions: u64,
+    pub decision_ns: u64,
+    pub drops: u64,
+    pub classified: u64,
+    pub lost_events: u64,
+    pub connect_denied: u64,
+}
+
+impl Enforcer {
+    pub fn kernel_stats(&self) -> KernelStats {
+        let sum = |i: u32| -> u64 {
+            self.stats_map
+                .get(&i, 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or_default()
+        };
+        KernelStats {
+            decisions: sum(enf::STAT_DECISIONS),
+            decision_ns: sum(enf::STAT_DECISION_NS),
+            drops: sum(enf::STAT_DROPS),
+            classified: sum(enf::STAT_CLASSIFIED),
+            lost_events: sum(enf::STAT_LOST_EVENTS),
+            connect_denied: sum(enf::STAT_CONNECT_DENIED),
+        }
+    }
+
+    /// Drains kernel decision events.
+    pub fn poll(&mut self) {
+        let mut evs = Vec::new();
+        while let Some(item) = self.ring.next() {
+            if item.len() >= std::mem::size_of::<DecisionEvent>() {
+                // SAFETY: POD read of a length-checked buffer.
+                evs.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DecisionEvent>()) });
+            }
+        }
+        if evs.is_empty() {
+            return;
+        }
+        let Ok(mut st) = self.state.lock() else { return };
+        for ev in evs {
+            if ev.kind == enf::KIND_CONNECT {
+                let ip = std::net::Ipv6Addr::from(ev.addr);
+                let ip = ip
+                    .to_ipv4_mapped()
+                    .map_or(ip.to_string(), |v4| v4.to_string());
+                let time = crate::record::rfc3339(st.clock.unix_ns(ev.ts_ns));
+                let rule = st.rule_name(ev.rule);
+                st.lines.push(json!({
+                    "type": "endpoint-decision",
+                    "time": time,
+                    "effect": outcome_effect(ev.outcome),
+                    "rule": rule,
+                    "pid": ev.tgid,
+                    "tid": ev.tid,
+                    "uid": ev.uid,
+                    "cgroup_id": ev.cgroup_id,
+                    "destination": ip,
+                    "port": ev.port,
+                }));
+                continue;
+            }
+            if ev.outcome == enf::OUT_APPROVAL_REQUESTED || ev.outcome == enf::OUT_HELD {
+                let rule = st.rule_of_slot(ev.rule);
+                let operation = st
+                    .policy
+                    .as_ref()
+                    .and_then(|p| p.key_names.get(&ev.action))
+                    .map(|(s, o)| format!("{s}:{o}"))
+                    .unwrap_or_default();
+                let id = st.next_id;
+                st.next_id += 1;
+                let a = Approval {
+                    id,
+                    rule: rule.as_ref().map(|r| r.name.clone()).unwrap_or_default(),
+                    state: ApprovalState::Pending,
+                    held: ev.outcome == enf::OUT_HELD,
+                    tgid: ev.tgid,
+                    tid: ev.tid,
+                    uid: ev.uid,
+                    cgroup_id: ev.cgroup_id,
+                    operation,
+                    requested_at: crate::record::rfc3339(st.clock.unix_ns(ev.ts_ns)),
+                    requested_boot_ns: ev.ts_ns,
+                    decided_at: None,
+                    decided_by: None,
+                    grant_expires: None,
+                    call: None,
+                    grant: GrantKey {
+                        akid: ev.akid,
+                        action: ev.action,
+                        res: ev.res,
+                    },
+                    ttl_secs: rule.as_ref().map_or(900, |r| r.grant_ttl_secs),
+                    hold_timeout_secs: rule.as_ref().map_or(60, |r| r.hold_timeout_secs),
+                    conn: ev.conn,
+                    recorded: false,
+                };
+                if a.held {
+                    let mut v = a.to_json();
+                    v["type"] = json!("approval");
+                    v["event"] = json!("requested");
+                    st.lines.push(v);
+                }
+                st.approvals.push(a);
+            }
+            self.queued.entry((ev.tgid, ev.conn)).or_default().push_back(ev);
+        }
+    }
+
+    /// Sets a record's decision from the kernel's decision for its request.
+    pub fn annotate(&mut self, rec: &mut CallRecord, tgid: u32, conn: u64, req_ts: u64, resp_ts: Option<u64>) {
+        let Some(q) = self.queued.get_mut(&(tgid, conn)) else { return };
+        const SLACK: u64 = 50_000_000;
+        while q
+            .front()
+            .is_some_and(|e| e.ts_ns + SLACK < req_ts && e.outcome != enf::OUT_HELD)
+        {
+            q.pop_front();
+        }
+        let Some(ev) = q.front().copied() else { return };
+        if ev.ts_ns > resp_ts.unwrap_or(u64::MAX) {
+            return;
+        }
+        q.pop_front();
+        if q.is_empty() {
+            self.queued.remove(&(tgid, conn));
+        }
+        let Ok(mut st) = self.state.lock() else { return };
+        let rule = st.rule_name(ev.rule);
+        let mut effect = outcome_effect(ev.outcome).to_string();
+        let call = json!({
+            "time": rec.time,
+            "process": rec.process,
+            "workload": rec.workload,
+            "identity": rec.identity,
+            "request": rec.request,
+            "aws": rec.aws,
+        });
+        match ev.outcome {
+            enf::OUT_APPROVAL_REQUESTED | enf::OUT_HELD => {
+                if let Some(a) = st
+                    .approvals
+                    .iter_mut()
+                    .find(|a| a.tgid == ev.tgid && a.conn == ev.conn && !a.recorded && a.requested_boot_ns == ev.ts_ns)
+                {
+                    a.recorded = true;
+                    a.call = Some(call);
+                    match a.state {
+                        ApprovalState::Approved => effect = "approved".into(),
+                        ApprovalState::Denied | ApprovalState::Expired if a.held => effect = "deny".into(),
+                        _ => {}
+                    }
+                    if !a.held {
+                        let mut v = a.to_json();
+                        v["type"] = json!("approval");
+                        v["event"] = json!("requested");
+                        st.lines.push(v);
+                    }
+                }
+            }
+            enf::OUT_APPROVED => {
+                let grant = GrantKey {
+                    akid: ev.akid,
+                    action: ev.action,
+                    res: ev.res,
+                };
+                let id = st
+                    .approvals
+                    .iter()
+                    .rev()
+                    .find(|a| a.grant == grant && a.state == ApprovalState::Approved)
+                    .map(|a| a.id);
+                st.lines.push(json!({
+                    "type": "approval",
+                    "event": "used",
+                    "id": id,
+                    "rule": rule,
+                    "pid": ev.tgid,
+                    "call": call,
+                }));
+            }
+            _ => {}
+        }
+        rec.decision = Decision { effect, rule };
+    }
+
+    /// Output lines produced since the last call (approvals, endpoint decisions).
+    pub fn take_lines(&mut self) -> Vec<Value> {
+        self.state
+            .lock()
+            .map(|mut s| std::mem::take(&mut s.lines))
+            .unwrap_or_default()
+    }
+}
+
+/// Builds the approvals list for the API.
+pub fn approvals_json(state: &Shared) -> Value {
+    let list: Vec<Value> = state
+        .lock()
+        .map(|s| s.approvals.iter().map(Approval::to_json).collect())
+        .unwrap_or_default();
+    json!({ "approvals": list })
+}

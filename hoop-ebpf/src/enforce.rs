@@ -1,0 +1,1114 @@
+//! In-kernel policy enforcement (issue 6).
+//!
+//! The `SSL_write*` entry probes call [`on_write`] while the plaintext is still in the caller's
+//! buffer. When a rule could apply to the caller (global rules, or its cgroup / tgid is in
+//! scope), the head of the write is copied to a per-CPU scratch buffer and classified with
+//! bounded `bpf_loop` scans:
+//! - request line: method, path depth, first segment (S3 bucket), last segment, first query key;
+//! - `X-Amz-Target:` (json), `Authorization: AWS4-HMAC-SHA256 Credential=AKID/date/region/SVC/`;
+//! - query-protocol bodies (`Action=`) and the JSON `"TableName"` may come in a later write:
+//!   the head leaves a [`PendingReq`] keyed by the `SSL *`, the body write decides.
+//!
+//! The resulting action keys (see `hoop_common::enf::key_*`) are looked up in `ENF_ACTIONS`
+//! (most specific first), candidate rules are checked in policy order against the workload
+//! (cgroup / tgid membership maps), the access key, the uid and the resource name. A deny
+//! marks the thread in `ENF_VERDICT`; the `sk_msg` program drops that thread's sends until the
+//! write returns. Every decision is a [`DecisionEvent`] in `ENF_EVENTS`.
+//!
+//! Endpoint rules: `cgroup/connect4` and `cgroup/connect6` look the destination up in an LPM
+//! trie keyed by (cgroup id or 0, v6 / v4-mapped address).
+
+use crate::{CallArgs, emit};
+use hoop_common::DIR_WRITE;
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, bpf_sock_ops},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_ktime_get_boot_ns,
+        generated::{bpf_get_socket_cookie, bpf_loop, bpf_probe_read_user, bpf_send_signal},
+    },
+    macros::{cgroup_sock_addr, map, sk_msg, sock_ops},
+    maps::{
+        Array, HashMap, LruHashMap, PerCpuArray, RingBuf, SockHash,
+        lpm_trie::{Key, LpmTrie},
+    },
+    programs::{ProbeContext, SkMsgContext, SockAddrContext, SockOpsContext},
+};
+use hoop_common::{
+    AkidKey, Cands, DecisionEvent, EndpointKey, EndpointVal, EnforceConfig, GrantKey, PendingReq,
+    RuleDef, WlKey,
+    enf::{self, FNV_OFFSET, SCAN_BYTES, fnv_byte},
+};
+
+#[map]
+static ENF_CONFIG: Array<EnforceConfig> = Array::with_max_entries(1, 0);
+#[map]
+static ENF_ACTIONS: HashMap<u64, Cands> = HashMap::with_max_entries(65536, 0);
+#[map]
+static ENF_RULES: Array<RuleDef> = Array::with_max_entries(enf::MAX_RULES, 0);
+#[map]
+static ENF_WL: HashMap<WlKey, u8> = HashMap::with_max_entries(65536, 0);
+/// cgroup ids for which some workload-scoped rule exists.
+#[map]
+static ENF_SCOPE_CG: HashMap<u64, u8> = HashMap::with_max_entries(65536, 0);
+/// tgids for which some workload-scoped rule exists (exe / uid selectors).
+#[map]
+static ENF_SCOPE_PID: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
+#[map]
+static ENF_AKIDS: HashMap<AkidKey, u8> = HashMap::with_max_entries(16384, 0);
+#[map]
+static ENF_GRANTS: HashMap<GrantKey, u64> = HashMap::with_max_entries(4096, 0);
+#[map]
+static ENF_PENDING: LruHashMap<u64, PendingReq> = LruHashMap::with_max_entries(16384, 0);
+/// pid_tgid -> outcome, while a denied SSL_write runs.
+#[map]
+static ENF_VERDICT: HashMap<u64, u32> = HashMap::with_max_entries(16384, 0);
+#[map]
+static ENF_SOCKS: SockHash<u64> = SockHash::with_max_entries(65536, 0);
+#[map]
+static ENF_EVENTS: RingBuf = RingBuf::with_byte_size(512 * 1024, 0);
+#[map]
+static ENF_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(enf::STAT_COUNT, 0);
+#[map]
+static ENF_ENDPOINTS: LpmTrie<EndpointKey, EndpointVal> = LpmTrie::with_max_entries(4096, 0);
+
+const BUF_LEN: usize = SCAN_BYTES + 128;
+const MASK: u64 = (SCAN_BYTES - 1) as u64;
+
+#[repr(C)]
+struct Scratch {
+    buf: [u8; BUF_LEN],
+    /// pfx[k] = FNV-1a of the first k bytes of the resource name (k < 128).
+    pfx: [u64; 128],
+    /// Positions found by the scans. Kept in the map, not in the loop context: values read
+    /// back from a map are opaque to the verifier, so the loop states converge.
+    target: u64,
+    auth: u64,
+    body: u64,
+    found: u64,
+    /// Decision state for the candidate loop (see `cand_cb`).
+    req: Req,
+    who: Caller,
+    cands: Cands,
+    hit: u64,
+}
+
+#[map]
+static ENF_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+const SIGKILL: u32 = 9;
+const SIGSTOP: u32 = 19;
+
+#[inline(always)]
+fn stat(index: u32, n: u64) {
+    if let Some(c) = ENF_STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot.
+        unsafe { *c += n };
+    }
+}
+
+/// A zero the verifier cannot see as a constant (user space always writes 0 there): loop
+/// contexts that start from it converge instead of being re-verified per value.
+#[inline(always)]
+fn opaque_zero() -> u64 {
+    match ENF_CONFIG.get_ptr(0) {
+        // SAFETY: `zero` and `_pad` are adjacent u32s at an 8-aligned offset of the value;
+        // reading them as one u64 gives the verifier a value with no known bits.
+        Some(c) => unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*c).zero) as *const u64) },
+        None => 0,
+    }
+}
+
+#[inline(always)]
+fn scratch() -> Option<&'static mut Scratch> {
+    // SAFETY: per-CPU scratch, exclusively ours while the program runs.
+    ENF_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+#[inline(always)]
+fn byte(s: &Scratch, p: u64) -> u8 {
+    // SAFETY: every caller passes p < BUF_LEN (masked positions plus small constants).
+    unsafe { *s.buf.as_ptr().add(p as usize) }
+}
+
+/// Case-insensitive compare of `pat` (lower case, every byte with bit 0x20 set) at `p`.
+#[inline(always)]
+fn eq_ci(s: &Scratch, p: u64, pat: &[u8]) -> bool {
+    let mut k = 0;
+    while k < pat.len() {
+        if byte(s, p + k as u64) | 0x20 != pat[k] {
+            return false;
+        }
+        k += 1;
+    }
+    true
+}
+
+// ---------------------------------------------------------------------------------------------
+// Header scan: one callback per 8-byte word, line starts checked only where a '\n' is.
+// ---------------------------------------------------------------------------------------------
+
+#[repr(C)]
+struct LineScan {
+    len: u64,
+}
+
+const AUTH_PAT: &[u8] = b"authorization: aws4-hmac-sha256 credential=";
+const TARGET_PAT: &[u8] = b"x-amz-target:";
+
+#[inline(always)]
+fn check_line(s: &mut Scratch, c: &LineScan, p: u64) {
+    if p >= c.len {
+        return;
+    }
+    let b = byte(s, p);
+    if b == b'\r' {
+        if s.body == 0 {
+            s.body = p + 2;
+        }
+    } else if b | 0x20 == b'x' {
+        if s.target == 0 && eq_ci(s, p, TARGET_PAT) {
+            s.target = p + TARGET_PAT.len() as u64;
+        }
+    } else if b | 0x20 == b'a' && s.auth == 0 && eq_ci(s, p, AUTH_PAT) {
+        s.auth = p + AUTH_PAT.len() as u64;
+    }
+}
+
+extern "C" fn line_cb(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the context pointer we gave it.
+    let c = unsafe { &*(ctx as *const LineScan) };
+    let Some(s) = scratch() else { return 1 };
+    let off = (i & (MASK >> 3)) << 3;
+    if off >= c.len {
+        return 1;
+    }
+    // SAFETY: off is 8-aligned and < SCAN_BYTES; the buffer is 8-aligned in the map value.
+    let w = unsafe { core::ptr::read(s.buf.as_ptr().add(off as usize) as *const u64) };
+    let x = w ^ 0x0a0a_0a0a_0a0a_0a0a;
+    if (x.wrapping_sub(0x0101_0101_0101_0101) & !x & 0x8080_8080_8080_8080) == 0 {
+        return 0;
+    }
+    let mut j = 0u64;
+    while j < 8 {
+        if (w >> (j * 8)) as u8 == b'\n' {
+            check_line(s, c, off + j + 1);
+        }
+        j += 1;
+    }
+    if s.body != 0 { 1 } else { 0 }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Credential scope: AKID/date/region/service/
+// ---------------------------------------------------------------------------------------------
+
+#[repr(C)]
+struct CredScan {
+    base: u64,
+    len: u64,
+    field: u64,
+    akid: u64,
+    svc: u64,
+}
+
+extern "C" fn cred_cb(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: see line_cb.
+    let c = unsafe { &mut *(ctx as *mut CredScan) };
+    let Some(s) = scratch() else { return 1 };
+    // Saturated: the verifier must see finitely many values of `field`.
+    if c.field >= 4 {
+        return 1;
+    }
+    let p = (c.base & MASK) + (i & 127);
+    if p >= c.len {
+        return 1;
+    }
+    let b = byte(s, p);
+    if b == b'/' {
+        c.field += 1;
+        return if c.field >= 4 { 1 } else { 0 };
+    }
+    if b == b',' || b == b' ' || b == b'\r' {
+        c.field = 5;
+        return 1;
+    }
+    if c.field == 0 {
+        c.akid = fnv_byte(c.akid, b);
+    } else if c.field == 3 {
+        c.svc = fnv_byte(c.svc, b);
+    }
+    0
+}
+
+// ---------------------------------------------------------------------------------------------
+// Value hashing (target, Action value, TableName value), optionally recording prefixes.
+// ---------------------------------------------------------------------------------------------
+
+#[repr(C)]
+struct HashScan {
+    base: u64,
+    len: u64,
+    h: u64,
+    /// Bytes hashed (set from the loop index, never counted: the verifier must converge).
+    n: u64,
+    /// Terminator byte.
+    term: u64,
+    /// 1: record prefix hashes in `pfx`.
+    pfx: u64,
+}
+
+extern "C" fn hash_cb(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: see line_cb.
+    let c = unsafe { &mut *(ctx as *mut HashScan) };
+    let Some(s) = scratch() else { return 1 };
+    let i = i & 127;
+    let p = (c.base & MASK) + i;
+    if p >= c.len {
+        return 1;
+    }
+    let b = byte(s, p);
+    if b as u64 == c.term || b == b'\r' || b == b'\n' {
+        return 1;
+    }
+    c.h = fnv_byte(c.h, b);
+    c.n = i + 1;
+    if c.pfx != 0 {
+        // Masked, not range-checked: LLVM would drop the mask and the verifier needs it.
+        s.pfx[((i + 1) & 127) as usize] = c.h;
+    }
+    0
+}
+
+/// Skips up to three bytes of ' ', ':', '"' at `p`.
+#[inline(always)]
+fn skip_sep(p: u64) -> u64 {
+    let Some(s) = scratch() else { return p };
+    let mut q = p & MASK;
+    let mut k = 0;
+    while k < 3 {
+        let b = byte(s, q);
+        if b == b' ' || b == b':' || b == b'"' {
+            q += 1;
+        }
+        k += 1;
+    }
+    q
+}
+
+#[inline(always)]
+fn hash_value(base: u64, len: u64, term: u8, pfx: u64) -> (u64, u64) {
+    let mut c = HashScan {
+        base: skip_sep(base),
+        len,
+        h: FNV_OFFSET,
+        n: 0,
+        term: term as u64,
+        pfx,
+    };
+    if pfx != 0
+        && let Some(s) = scratch()
+    {
+        s.pfx[0] = FNV_OFFSET;
+    }
+    // SAFETY: bounded helper loop over a stack context.
+    unsafe { bpf_loop(128, hash_cb as *mut _, (&mut c as *mut HashScan).cast(), 0) };
+    (c.h, c.n)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Finding a field in a body: `Action=` (form) or `"TableName"` (JSON).
+// ---------------------------------------------------------------------------------------------
+
+#[repr(C)]
+struct FindScan {
+    base: u64,
+    len: u64,
+    found: u64,
+    /// 0: Action=, 1: "TableName"
+    what: u64,
+}
+
+const ACTION_PAT: &[u8] = b"action=";
+const TABLE_PAT: &[u8] = b"\"tablename\"";
+
+extern "C" fn find_cb(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: see line_cb.
+    let c = unsafe { &mut *(ctx as *mut FindScan) };
+    let Some(s) = scratch() else { return 1 };
+    let p = (c.base & MASK) + (i & 1023);
+    if p >= c.len {
+        return 1;
+    }
+    let b = byte(s, p);
+    if c.what == 0 {
+        if b == b'A' && (p == (c.base & MASK) || byte(s, p.wrapping_sub(1) & MASK) == b'&') && eq_ci(s, p, ACTION_PAT) {
+            s.found = p + ACTION_PAT.len() as u64;
+            return 1;
+        }
+    } else if b == b'"' && eq_ci(s, p, b"\"tablename") && byte(s, p + 10) == b'"' {
+        s.found = p + TABLE_PAT.len() as u64;
+        return 1;
+    }
+    0
+}
+
+#[inline(always)]
+fn find(base: u64, len: u64, what: u64) -> u64 {
+    let mut c = FindScan {
+        base,
+        len,
+        found: 0,
+        what,
+    };
+    if let Some(s) = scratch() {
+        s.found = 0;
+    }
+    // SAFETY: bounded helper loop over a stack context.
+    unsafe { bpf_loop(1024, find_cb as *mut _, (&mut c as *mut FindScan).cast(), 0) };
+    scratch().map_or(0, |s| s.found & MASK)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request line: method and path shape.
+// ---------------------------------------------------------------------------------------------
+
+#[repr(C)]
+struct PathScan {
+    base: u64,
+    len: u64,
+    phase: u64,
+    /// Shift register of ended segments (starts opaque so the verifier's states converge).
+    segs: u64,
+    /// 1 once the first segment ended.
+    seg0_done: u64,
+    /// 1 while the current segment has bytes. Flags, never positions compared with the index:
+    /// the verifier must see a small, finite set of loop states.
+    nonempty: u64,
+    seg_h: u64,
+    seg0_h: u64,
+    seg0_len: u64,
+    last_h: u64,
+    q_h: u64,
+}
+
+#[inline(always)]
+fn end_segment(c: &mut PathScan, i: u64) {
+    if c.nonempty != 0 {
+        if c.seg0_done == 0 {
+            c.seg0_h = c.seg_h;
+            // The path starts with '/' at index 0: the first segment spans 1..i.
+            c.seg0_len = i.wrapping_sub(1) & 511;
+            c.seg0_done = 1;
+        }
+        c.last_h = c.seg_h;
+        c.segs = (c.segs << 1) | 1;
+    }
+    c.nonempty = 0;
+    c.seg_h = FNV_OFFSET;
+}
+
+extern "C" fn path_cb(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: see line_cb.
+    let c = unsafe { &mut *(ctx as *mut PathScan) };
+    let Some(s) = scratch() else { return 1 };
+    let i = i & 511;
+    let p = (c.base & 15) + i;
+    if p >= c.len {
+        return 1;
+    }
+    let b = byte(s, p);
+    if b == b' ' || b == b'\r' {
+        if c.phase == 0 {
+            end_segment(c, i);
+        }
+        return 1;
+    }
+    if c.phase == 0 {
+        if b == b'/' {
+            end_segment(c, i);
+        } else if b == b'?' {
+            end_segment(c, i);
+            c.phase = 1;
+        } else {
+            c.seg_h = fnv_byte(c.seg_h, b);
+            c.nonempty = 1;
+            if c.seg0_done == 0 {
+                // Prefix of length i of the first segment ends here.
+                s.pfx[(i & 127) as usize] = c.seg_h;
+            }
+        }
+    } else if c.phase == 1 {
+        if b == b'=' || b == b'&' {
+            c.phase = 2;
+        } else {
+            c.q_h = fnv_byte(c.q_h, b);
+        }
+    }
+    0
+}
+
+/// Method code and length of "METHOD " at the start of the buffer, or (0, 0).
+#[inline(always)]
+fn method(s: &Scratch) -> (u64, u64) {
+    let b0 = byte(s, 0);
+    match b0 {
+        b'G' if byte(s, 1) == b'E' && byte(s, 2) == b'T' && byte(s, 3) == b' ' => (enf::M_GET, 4),
+        b'P' if byte(s, 1) == b'U' && byte(s, 2) == b'T' && byte(s, 3) == b' ' => (enf::M_PUT, 4),
+        b'P' if byte(s, 1) == b'O' && byte(s, 2) == b'S' && byte(s, 3) == b'T' && byte(s, 4) == b' ' => {
+            (enf::M_POST, 5)
+        }
+        b'D' if byte(s, 1) == b'E' && byte(s, 2) == b'L' && byte(s, 5) == b'E' && byte(s, 6) == b' ' => {
+            (enf::M_DELETE, 7)
+        }
+        b'H' if byte(s, 1) == b'E' && byte(s, 2) == b'A' && byte(s, 3) == b'D' && byte(s, 4) == b' ' => {
+            (enf::M_HEAD, 5)
+        }
+        b'P' if byte(s, 1) == b'A' && byte(s, 2) == b'T' && byte(s, 5) == b' ' => (enf::M_PATCH, 6),
+        _ => (0, 0),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decision.
+// ---------------------------------------------------------------------------------------------
+
+/// What the classifier learned about one request.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Req {
+    akid: u64,
+    keys: [u64; 4],
+    nkeys: u64,
+    kind: u64,
+    depth: u64,
+    res_kind: u8,
+    res_len: u64,
+    res_full: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Caller {
+    id: u64,
+    cg: u64,
+    uid: u32,
+    ssl: u64,
+    buf: u64,
+    len: u64,
+    t0: u64,
+}
+
+#[inline(always)]
+fn rule_matches(r: &RuleDef, ri: u32, req: &Req, who: &Caller) -> bool {
+    if r.effect == 0 {
+        return false;
+    }
+    if r.uid != u32::MAX && r.uid != who.uid {
+        return false;
+    }
+    if r.flags & enf::RF_WORKLOAD != 0 {
+        let k = WlKey {
+            id: who.cg,
+            rule: ri,
+            kind: enf::WL_CGROUP,
+        };
+        // SAFETY: read-only lookups.
+        if unsafe { ENF_WL.get(&k) }.is_none() {
+            let k = WlKey {
+                id: who.id >> 32,
+                rule: ri,
+                kind: enf::WL_TGID,
+            };
+            if unsafe { ENF_WL.get(&k) }.is_none() {
+                return false;
+            }
+        }
+    }
+    if r.flags & enf::RF_AKID != 0 {
+        let k = AkidKey {
+            akid: req.akid,
+            rule: ri,
+            _pad: 0,
+        };
+        if unsafe { ENF_AKIDS.get(&k) }.is_none() {
+            return false;
+        }
+    }
+    if r.flags & enf::RF_OBJECT != 0 && req.depth < 2 {
+        return false;
+    }
+    if r.flags & enf::RF_BUCKET != 0 && req.depth != 1 {
+        return false;
+    }
+    if r.res_mode != enf::RES_ANY {
+        if r.res_kind != req.res_kind {
+            return false;
+        }
+        let l = r.res_len as u64;
+        if r.res_mode == enf::RES_EXACT && req.res_len != l {
+            return false;
+        }
+        if req.res_len < l || l > 63 {
+            return false;
+        }
+        let Some(s) = scratch() else { return false };
+        if s.pfx[(l & 127) as usize] != r.res_hash {
+            return false;
+        }
+    }
+    true
+}
+
+#[inline(always)]
+fn event(req: &Req, who: &Caller, rule: u32, key: u64, outcome: u8) {
+    let t = unsafe { bpf_ktime_get_boot_ns() };
+    let Some(mut e) = ENF_EVENTS.reserve::<DecisionEvent>(0) else {
+        stat(enf::STAT_LOST_EVENTS, 1);
+        return;
+    };
+    // SAFETY: writing a fully initialised value into the reserved slot.
+    unsafe {
+        e.as_mut_ptr().write(DecisionEvent {
+            ts_ns: t,
+            conn: who.ssl,
+            cgroup_id: who.cg,
+            action: key,
+            akid: req.akid,
+            res: req.res_full,
+            tgid: (who.id >> 32) as u32,
+            tid: who.id as u32,
+            uid: who.uid,
+            rule,
+            outcome,
+            kind: req.kind as u8,
+            res_kind: req.res_kind,
+            _pad: 0,
+            decide_ns: if who.t0 != 0 { (t - who.t0) as u32 } else { 0 },
+            addr: [0; 16],
+            port: 0,
+            _pad2: [0; 6],
+        })
+    };
+    e.submit(0);
+}
+
+#[inline(always)]
+fn block(ctx: &ProbeContext, who: &Caller) {
+    let _ = ENF_VERDICT.insert(&who.id, &1, 0);
+    // The send fails, so the return probe emits nothing: record the request here.
+    let args = CallArgs {
+        ssl: who.ssl,
+        buf: who.buf,
+        len_out: 0,
+    };
+    emit(ctx, &args, who.len, DIR_WRITE, who.id);
+}
+
+/// One candidate rule per iteration; the request and caller are in the scratch map.
+extern "C" fn cand_cb(i: u64, _ctx: *mut core::ffi::c_void) -> i64 {
+    let Some(s) = scratch() else { return 1 };
+    let j = (i & (enf::MAX_CANDS as u64 - 1)) as usize;
+    if j as u32 >= s.cands.n {
+        return 1;
+    }
+    let ri = s.cands.idx[j] as u32;
+    let Some(r) = ENF_RULES.get(ri) else { return 0 };
+    let req = s.req;
+    let who = s.who;
+    if rule_matches(r, ri, &req, &who) {
+        s.hit = ri as u64;
+        return 1;
+    }
+    0
+}
+
+#[inline(always)]
+fn decide(ctx: &ProbeContext, cfg: &EnforceConfig, req: &Req, who: &Caller) {
+    let mut key = 0u64;
+    let mut found = false;
+    let Some(s) = scratch() else { return };
+    let mut k = 0;
+    while k < 4 {
+        if (k as u64) < req.nkeys {
+            let kk = req.keys[k];
+            // SAFETY: value copied out.
+            if let Some(c) = unsafe { ENF_ACTIONS.get(&kk) } {
+                key = kk;
+                s.cands = *c;
+                found = true;
+                break;
+            }
+        }
+        k += 1;
+    }
+    if !found {
+        return;
+    }
+    s.req = *req;
+    s.who = *who;
+    s.hit = u64::MAX;
+    let mut dummy = 0u64;
+    // SAFETY: bounded helper loop.
+    unsafe {
+        bpf_loop(
+            enf::MAX_CANDS as u32,
+            cand_cb as *mut _,
+            (&mut dummy as *mut u64).cast(),
+            0,
+        )
+    };
+    let hit = s.hit;
+    if hit == u64::MAX {
+        return;
+    }
+    let ri = (hit as u32) & (enf::MAX_RULES - 1);
+    if let Some(r) = ENF_RULES.get(ri) {
+        let r = *r;
+        act(ctx, cfg, &r, ri, key, req, who);
+    }
+}
+
+#[inline(always)]
+fn act(ctx: &ProbeContext, cfg: &EnforceConfig, r: &RuleDef, ri: u32, key: u64, req: &Req, who: &Caller) {
+    let monitor = cfg.monitor != 0;
+    let outcome = match r.effect {
+        enf::EFFECT_AUDIT => enf::OUT_AUDIT,
+        enf::EFFECT_DENY if monitor => enf::OUT_WOULD_DENY,
+        enf::EFFECT_DENY => {
+            block(ctx, who);
+            enf::OUT_DENY
+        }
+        enf::EFFECT_KILL if monitor => enf::OUT_WOULD_DENY,
+        enf::EFFECT_KILL => {
+            // SAFETY: signals the current process.
+            unsafe { bpf_send_signal(SIGKILL) };
+            block(ctx, who);
+            enf::OUT_KILL
+        }
+        enf::EFFECT_APPROVE => {
+            let g = GrantKey {
+                akid: req.akid,
+                action: key,
+                res: req.res_full,
+            };
+            let now = unsafe { bpf_ktime_get_boot_ns() };
+            // SAFETY: value copied out.
+            let granted = unsafe { ENF_GRANTS.get(&g) }.is_some_and(|&exp| exp > now);
+            if granted {
+                enf::OUT_APPROVED
+            } else if monitor {
+                enf::OUT_WOULD_DENY
+            } else if r.flags & enf::RF_HOLD != 0 {
+                // SAFETY: stops the current process until the agent sends SIGCONT.
+                unsafe { bpf_send_signal(SIGSTOP) };
+                enf::OUT_HELD
+            } else {
+                block(ctx, who);
+                enf::OUT_APPROVAL_REQUESTED
+            }
+        }
+        _ => return,
+    };
+    event(req, who, ri, key, outcome);
+}
+
+/// Called from the `SSL_write` / `SSL_write_ex` entry probes.
+#[inline(always)]
+pub fn on_write(ctx: &ProbeContext) {
+    let Some(cfg) = ENF_CONFIG.get(0) else { return };
+    if cfg.enabled == 0 {
+        return;
+    }
+    let (Some(ssl), Some(buf), Some(len)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<u64>(2))
+    else {
+        return;
+    };
+    // SSL_write takes an int: keep the low 32 bits, reject negatives.
+    let len = len & 0xffff_ffff;
+    if len == 0 || len > 0x7fff_ffff {
+        return;
+    }
+    let id = bpf_get_current_pid_tgid();
+    let cg = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: value copied out.
+    let pending = unsafe { ENF_PENDING.get(&ssl) }.copied();
+    if cfg.global == 0
+        && pending.is_none()
+        && unsafe { ENF_SCOPE_CG.get(&cg) }.is_none()
+        && unsafe { ENF_SCOPE_PID.get(&((id >> 32) as u32)) }.is_none()
+    {
+        return;
+    }
+    let t0 = if cfg.stats != 0 {
+        unsafe { bpf_ktime_get_boot_ns() }
+    } else {
+        0
+    };
+    let who = Caller {
+        id,
+        cg,
+        uid: bpf_get_current_uid_gid() as u32,
+        ssl,
+        buf,
+        len,
+        t0,
+    };
+    if let Some(req) = classify(&who, pending) {
+        decide(ctx, cfg, &req, &who);
+    }
+    stat(enf::STAT_CLASSIFIED, 1);
+    if t0 != 0 {
+        stat(enf::STAT_DECISIONS, 1);
+        stat(enf::STAT_DECISION_NS, unsafe { bpf_ktime_get_boot_ns() } - t0);
+    }
+}
+
+#[inline(always)]
+fn classify(who: &Caller, pending: Option<PendingReq>) -> Option<Req> {
+    let s = scratch()?;
+    let mut n = who.len;
+    if n > SCAN_BYTES as u64 {
+        n = SCAN_BYTES as u64;
+    }
+    // SAFETY: reading user memory through the helper, n <= SCAN_BYTES <= buffer size.
+    let r = unsafe {
+        bpf_probe_read_user(
+            s.buf.as_mut_ptr().cast(),
+            n as u32,
+            who.buf as *const core::ffi::c_void,
+        )
+    };
+    if r != 0 {
+        return None;
+    }
+    let (m, mlen) = method(s);
+    if m == 0 {
+        let p = pending?;
+        let _ = ENF_PENDING.remove(&who.ssl);
+        return body(&p, 0, n);
+    }
+    if pending.is_some() {
+        let _ = ENF_PENDING.remove(&who.ssl);
+    }
+    let mut ls = LineScan { len: n };
+    s.target = 0;
+    s.auth = 0;
+    s.body = 0;
+    // SAFETY: bounded helper loops over stack contexts.
+    unsafe {
+        bpf_loop(
+            (SCAN_BYTES / 8) as u32,
+            line_cb as *mut _,
+            (&mut ls as *mut LineScan).cast(),
+            0,
+        )
+    };
+    let (ls_target, ls_auth, ls_body) = (s.target & MASK, s.auth & MASK, s.body & (2 * MASK + 1));
+    let mut cs = CredScan {
+        base: ls_auth,
+        len: n,
+        field: 0,
+        akid: FNV_OFFSET,
+        svc: FNV_OFFSET,
+    };
+    if ls_auth != 0 {
+        unsafe { bpf_loop(128, cred_cb as *mut _, (&mut cs as *mut CredScan).cast(), 0) };
+    }
+    let (akid, svc) = if cs.field == 4 { (cs.akid, cs.svc) } else { (0, 0) };
+    let mut req = Req {
+        akid,
+        keys: [0; 4],
+        nkeys: 0,
+        kind: 0,
+        depth: 0,
+        res_kind: enf::RES_NONE,
+        res_len: 0,
+        res_full: 0,
+    };
+    let body_in_write = ls_body != 0 && ls_body < n;
+    if ls_target != 0 {
+        let (t, tn) = hash_value(ls_target, n, b'\r', 0);
+        if tn == 0 {
+            return None;
+        }
+        req.kind = enf::KIND_JSON;
+        req.keys[0] = enf::key_json(t);
+        req.nkeys = 1;
+        if body_in_write {
+            table(&mut req, ls_body, n);
+        } else if needs_table(req.keys[0]) {
+            let p = PendingReq {
+                akid,
+                svc,
+                action: req.keys[0],
+                kind: enf::KIND_JSON as u32,
+                _pad: 0,
+            };
+            let _ = ENF_PENDING.insert(&who.ssl, &p, 0);
+            return None;
+        }
+        return Some(req);
+    }
+    let mut ps = PathScan {
+        base: mlen + opaque_zero(),
+        len: n,
+        phase: 0,
+        segs: opaque_zero(),
+        seg0_done: 0,
+        nonempty: 0,
+        seg_h: FNV_OFFSET,
+        seg0_h: 0,
+        seg0_len: 0,
+        last_h: 0,
+        q_h: FNV_OFFSET,
+    };
+    s.pfx[0] = FNV_OFFSET;
+    unsafe { bpf_loop(512, path_cb as *mut _, (&mut ps as *mut PathScan).cast(), 0) };
+    let qkey = if ps.phase != 0 { ps.q_h } else { 0 };
+    // Segments ended are 1-bits shifted in: depth = popcount, saturating at 8.
+    let depth_all = (ps.segs & 0xff).count_ones() as u64;
+    if m == enf::M_POST && depth_all == 0 && qkey == 0 {
+        // Query protocol: the operation is the body's Action.
+        if body_in_write {
+            let p = PendingReq {
+                akid,
+                svc,
+                action: 0,
+                kind: enf::KIND_QUERY as u32,
+                _pad: 0,
+            };
+            return body(&p, ls_body, n);
+        } else if svc != 0 {
+            let p = PendingReq {
+                akid,
+                svc,
+                action: 0,
+                kind: enf::KIND_QUERY as u32,
+                _pad: 0,
+            };
+            let _ = ENF_PENDING.insert(&who.ssl, &p, 0);
+        }
+        return None;
+    }
+    if svc == 0 {
+        return None;
+    }
+    if m == enf::M_POST && depth_all == 4 && ps.seg0_h == enf::fnv(b"service") {
+        req.kind = enf::KIND_CBOR;
+        req.keys[0] = enf::key_cbor(svc, ps.last_h);
+        req.nkeys = 1;
+    } else {
+        let depth = depth_all;
+        req.kind = enf::KIND_REST;
+        req.depth = depth_all;
+        let seg0 = if depth_all > 0 { ps.seg0_h } else { 0 };
+        req.keys[0] = enf::key_rest(svc, m, depth, seg0, qkey);
+        req.keys[1] = enf::key_rest(svc, m, depth, seg0, 0);
+        req.keys[2] = enf::key_rest(svc, m, depth, 0, qkey);
+        req.keys[3] = enf::key_rest(svc, m, depth, 0, 0);
+        req.nkeys = 4;
+        if depth_all > 0 {
+            req.res_kind = enf::RES_BUCKET;
+            req.res_len = ps.seg0_len;
+            req.res_full = ps.seg0_h;
+        }
+    }
+    Some(req)
+}
+
+/// Does any rule on this action key look at the DynamoDB table name?
+#[inline(always)]
+fn needs_table(key: u64) -> bool {
+    // SAFETY: value copied out.
+    let Some(c) = (unsafe { ENF_ACTIONS.get(&key) }).copied() else {
+        return false;
+    };
+    let mut j = 0;
+    while j < enf::MAX_CANDS {
+        if j as u32 >= c.n {
+            return false;
+        }
+        if let Some(r) = ENF_RULES.get(c.idx[j] as u32)
+            && r.res_kind == enf::RES_TABLE
+        {
+            return true;
+        }
+        j += 1;
+    }
+    false
+}
+
+#[inline(always)]
+fn table(req: &mut Req, base: u64, len: u64) {
+    let at = find(base, len, 1);
+    if at != 0 {
+        let (h, n) = hash_value(at, len, b'"', 1);
+        if n != 0 {
+            req.res_kind = enf::RES_TABLE;
+            req.res_len = n;
+            req.res_full = h;
+        }
+    }
+}
+
+/// A body: the write that follows a pending head, or the body part of a head write.
+#[inline(always)]
+fn body(p: &PendingReq, base: u64, len: u64) -> Option<Req> {
+    let mut req = Req {
+        akid: p.akid,
+        keys: [0; 4],
+        nkeys: 1,
+        kind: p.kind as u64,
+        depth: 0,
+        res_kind: enf::RES_NONE,
+        res_len: 0,
+        res_full: 0,
+    };
+    if p.kind == enf::KIND_QUERY as u32 {
+        let at = find(base, len, 0);
+        if at == 0 {
+            return None;
+        }
+        let (a, an) = hash_value(at, len, b'&', 0);
+        if an == 0 {
+            return None;
+        }
+        req.keys[0] = enf::key_query(p.svc, a);
+    } else {
+        req.keys[0] = p.action;
+        table(&mut req, base, len);
+    }
+    Some(req)
+}
+
+/// Called from the `SSL_write*` return probes: a blocked write is over.
+#[inline(always)]
+pub fn on_write_return() {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: plain lookup.
+    if unsafe { ENF_VERDICT.get(&id) }.is_some() {
+        let _ = ENF_VERDICT.remove(&id);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Socket programs.
+// ---------------------------------------------------------------------------------------------
+
+/// Adds every established client TCP socket to `ENF_SOCKS`, so `hoop_sk_msg` sees its sends.
+#[sock_ops]
+pub fn hoop_sock_ops(ctx: SockOpsContext) -> u32 {
+    if ctx.op() == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
+        // SAFETY: the context is a valid bpf_sock_ops for the duration of the program.
+        let ops: &mut bpf_sock_ops = unsafe { &mut *ctx.ops };
+        let mut cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+        let _ = ENF_SOCKS.update(&mut cookie, ops, BPF_ANY as u64);
+    }
+    1
+}
+
+/// Drops a send made by a thread whose current SSL_write was denied.
+#[sk_msg]
+pub fn hoop_sk_msg(_ctx: SkMsgContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: plain lookup.
+    if unsafe { ENF_VERDICT.get(&id) }.is_some() {
+        stat(enf::STAT_DROPS, 1);
+        return 0; // SK_DROP
+    }
+    1 // SK_PASS
+}
+
+#[inline(always)]
+fn connect_check(addr: [u8; 16], port: u16) -> i32 {
+    let Some(cfg) = ENF_CONFIG.get(0) else { return 1 };
+    if cfg.enabled == 0 {
+        return 1;
+    }
+    let cg = unsafe { bpf_get_current_cgroup_id() };
+    let mut key = Key::new(
+        64 + 128,
+        EndpointKey {
+            cgroup: cg.to_ne_bytes(),
+            addr,
+        },
+    );
+    let mut hit = ENF_ENDPOINTS.get(&key).copied();
+    if hit.is_none() {
+        key.data.cgroup = [0; 8];
+        hit = ENF_ENDPOINTS.get(&key).copied();
+    }
+    let Some(v) = hit else { return 1 };
+    if v.port != 0 && v.port != port {
+        return 1;
+    }
+    stat(enf::STAT_CONNECT_DENIED, 1);
+    let id = bpf_get_current_pid_tgid();
+    let outcome = if cfg.monitor != 0 {
+        enf::OUT_WOULD_DENY
+    } else {
+        enf::OUT_DENY
+    };
+    if let Some(mut e) = ENF_EVENTS.reserve::<DecisionEvent>(0) {
+        // SAFETY: writing a fully initialised value into the reserved slot.
+        unsafe {
+            e.as_mut_ptr().write(DecisionEvent {
+                ts_ns: bpf_ktime_get_boot_ns(),
+                conn: 0,
+                cgroup_id: cg,
+                action: 0,
+                akid: 0,
+                res: 0,
+                tgid: (id >> 32) as u32,
+                tid: id as u32,
+                uid: bpf_get_current_uid_gid() as u32,
+                rule: v.rule,
+                outcome,
+                kind: enf::KIND_CONNECT,
+                res_kind: 0,
+                _pad: 0,
+                decide_ns: 0,
+                addr,
+                port,
+                _pad2: [0; 6],
+            })
+        };
+        e.submit(0);
+    } else {
+        stat(enf::STAT_LOST_EVENTS, 1);
+    }
+    if cfg.monitor != 0 { 1 } else { 0 }
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn hoop_connect4(ctx: SockAddrContext) -> i32 {
+    // SAFETY: valid context for the program's duration.
+    let sa = unsafe { &*ctx.sock_addr };
+    let ip = sa.user_ip4.to_ne_bytes();
+    let mut addr = [0u8; 16];
+    addr[10] = 0xff;
+    addr[11] = 0xff;
+    addr[12] = ip[0];
+    addr[13] = ip[1];
+    addr[14] = ip[2];
+    addr[15] = ip[3];
+    connect_check(addr, u16::from_be(sa.user_port as u16))
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn hoop_connect6(ctx: SockAddrContext) -> i32 {
+    // SAFETY: valid context for the program's duration.
+    let sa = unsafe { &*ctx.sock_addr };
+    let mut addr = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let w = sa.user_ip6[i].to_ne_bytes();
+        addr[i * 4] = w[0];
+        addr[i * 4 + 1] = w[1];
+        addr[i * 4 + 2] = w[2];
+        addr[i * 4 + 3] = w[3];
+        i += 1;
+    }
+    connect_check(addr, u16::from_be(sa.user_port as u16))
+}

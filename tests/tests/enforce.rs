@@ -1,0 +1,398 @@
+//! End-to-end enforcement (issue 6): the real agent with a policy, real boto3 clients against
+//! the emulator. Rules are scoped to a test-unique access key or a test-owned cgroup, so other
+//! processes on the host (other suites) are never affected.
+
+use hoop_e2e::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn test_key(tag: u8) -> String {
+    format!("AKIAHOOPENF{:07}{tag:02}", std::process::id() % 10_000_000)
+}
+
+struct Enf {
+    agent: Agent,
+    policy: PathBuf,
+    socket: PathBuf,
+    _dir: TempDir,
+}
+
+fn start(policy: &str) -> anyhow::Result<Enf> {
+    let dir = TempDir::new("policy")?;
+    let p = dir.path().join("policy.yaml");
+    std::fs::write(&p, policy)?;
+    let socket = dir.path().join("hoop.sock");
+    let agent = Agent::start(&[
+        "--policy",
+        p.to_str().unwrap_or_default(),
+        "--api-socket",
+        socket.to_str().unwrap_or_default(),
+    ])?;
+    Ok(Enf {
+        agent,
+        policy: p,
+        socket,
+        _dir: dir,
+    })
+}
+
+/// Runs enforce_calls.py with `steps`; returns (pid, results by step).
+fn calls(emu: &Emulator, key: Option<&str>, cgroup: Option<&Path>, steps: &[String]) -> anyhow::Result<(u32, Vec<Value>)> {
+    let script = client_script("enforce_calls.py");
+    let py = repo_root().join(".venv/bin/python");
+    let mut cmd = match cgroup {
+        Some(cg) => {
+            let mut c = Command::new("sh");
+            c.arg("-c")
+                .arg(format!(
+                    "echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"",
+                    cg.display()
+                ))
+                .arg(&py)
+                .arg(&script);
+            c
+        }
+        None => {
+            let mut c = Command::new(&py);
+            c.arg(&script);
+            c
+        }
+    };
+    cmd.args(steps);
+    emu.client_env(&mut cmd);
+    if let Some(k) = key {
+        cmd.env("AWS_ACCESS_KEY_ID", k);
+    }
+    let (pid, out) = run_client(cmd)?;
+    let res = out.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    Ok((pid, res))
+}
+
+fn ok_of(res: &[Value], step: &str) -> bool {
+    res.iter()
+        .find(|r| r["step"] == step)
+        .and_then(|r| r["ok"].as_bool())
+        .unwrap_or_else(|| panic!("no result for {step} in {res:?}"))
+}
+
+fn ms_of(res: &[Value], step: &str) -> f64 {
+    res.iter()
+        .find(|r| r["step"] == step)
+        .and_then(|r| r["ms"].as_f64())
+        .unwrap_or(f64::MAX)
+}
+
+fn s(x: impl Into<String>) -> String {
+    x.into()
+}
+
+fn decision_of<'a>(recs: &'a [Value], op: &str) -> Vec<&'a Value> {
+    recs.iter()
+        .filter(|r| r["aws"]["operation"] == op)
+        .map(|r| &r["decision"])
+        .collect()
+}
+
+fn cgroup2() -> PathBuf {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for l in text.lines() {
+        if let Some((pre, post)) = l.split_once(" - ")
+            && post.starts_with("cgroup2 ")
+            && let Some(mp) = pre.split_whitespace().nth(4)
+        {
+            return PathBuf::from(mp);
+        }
+    }
+    PathBuf::from("/sys/fs/cgroup")
+}
+
+/// A child cgroup under the cgroup2 root, removed on drop.
+struct Cgroup(PathBuf, String);
+
+impl Cgroup {
+    fn new(tag: &str) -> anyhow::Result<Self> {
+        let name = format!("hoop-e2e-{tag}-{}", std::process::id());
+        let p = cgroup2().join(&name);
+        std::fs::create_dir_all(&p)?;
+        Ok(Cgroup(p, format!("/{name}")))
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn denied_calls_fail_and_leave_the_emulator_unchanged() -> anyhow::Result<()> {
+    let emu = Emulator::start()?;
+    let key = test_key(1);
+    let mut enf = start(&format!(
+        r#"
+mode: enforce
+rules:
+  - name: no-destruction
+    effect: deny
+    match:
+      access_keys: ["{key}"]
+      actions: ["s3:DeleteBucket", "dynamodb:DeleteTable", "iam:CreateUser", "s3:PutBucketPolicy"]
+"#
+    ))?;
+    let id = std::process::id();
+    let (b, t, u) = (format!("hoop-enf-{id}"), format!("hoop-enf-t-{id}"), format!("hoop-enf-u-{id}"));
+    let (_, setup) = calls(&emu, None, None, &[format!("create-bucket:{b}"), format!("create-table:{t}")])?;
+    assert!(setup.iter().all(|r| r["ok"] == true), "setup: {setup:?}");
+
+    let steps = vec![
+        format!("delete-bucket:{b}"),
+        format!("put-object:{b}/k.txt"),
+        format!("put-bucket-policy:{b}"),
+        format!("delete-table:{t}"),
+        format!("describe-table:{t}"),
+        format!("create-user:{u}"),
+    ];
+    let (pid, res) = calls(&emu, Some(&key), None, &steps)?;
+    assert!(!ok_of(&res, &steps[0]), "DeleteBucket must fail: {res:?}");
+    assert!(ms_of(&res, &steps[0]) < 2000.0, "DeleteBucket fails at once: {res:?}");
+    assert!(ok_of(&res, &steps[1]), "PutObject (same client) must pass: {res:?}");
+    assert!(!ok_of(&res, &steps[2]), "PutBucketPolicy must fail: {res:?}");
+    assert!(!ok_of(&res, &steps[3]), "DeleteTable must fail: {res:?}");
+    assert!(ok_of(&res, &steps[4]), "DescribeTable must pass: {res:?}");
+    assert!(!ok_of(&res, &steps[5]), "CreateUser must fail: {res:?}");
+
+    // A second, unrestricted process sees the emulator unchanged.
+    let check = vec![
+        format!("head-bucket:{b}"),
+        format!("describe-table:{t}"),
+        format!("get-bucket-policy:{b}"),
+        format!("get-user:{u}"),
+    ];
+    let (_, after) = calls(&emu, None, None, &check)?;
+    assert!(ok_of(&after, &check[0]), "bucket still exists: {after:?}");
+    assert!(ok_of(&after, &check[1]), "table still exists: {after:?}");
+    assert!(!ok_of(&after, &check[2]), "no bucket policy was set: {after:?}");
+    assert!(!ok_of(&after, &check[3]), "no user was created: {after:?}");
+
+    let recs = enf.agent.wait_records(pid, WAIT, |r| {
+        ["DeleteBucket", "PutBucketPolicy", "DeleteTable", "CreateUser"]
+            .iter()
+            .all(|op| !decision_of(r, op).is_empty())
+    });
+    for op in ["DeleteBucket", "PutBucketPolicy", "DeleteTable", "CreateUser"] {
+        let d = decision_of(&recs, op);
+        assert!(
+            d.iter().any(|d| d["effect"] == "deny" && d["rule"] == "no-destruction"),
+            "{op} recorded as denied: {d:?}\n{}",
+            serde_json::to_string_pretty(&recs).unwrap_or_default()
+        );
+    }
+    assert!(
+        decision_of(&recs, "PutObject").iter().all(|d| d["effect"] == "allow"),
+        "PutObject allowed"
+    );
+    enf.agent.stop()?;
+    Ok(())
+}
+
+#[test]
+fn cgroup_scoped_rule_leaves_other_processes_alone() -> anyhow::Result<()> {
+    let emu = Emulator::start()?;
+    let cg = Cgroup::new("scope")?;
+    let mut enf = start(&format!(
+        "rules:\n  - name: scoped\n    effect: deny\n    match:\n      cgroup: \"{}\"\n      actions: [\"s3:DeleteBucket\"]\n",
+        cg.1
+    ))?;
+    let id = std::process::id();
+    let (b1, b2) = (format!("hoop-cg1-{id}"), format!("hoop-cg2-{id}"));
+    let (_, setup) = calls(&emu, None, None, &[format!("create-bucket:{b1}"), format!("create-bucket:{b2}")])?;
+    assert!(setup.iter().all(|r| r["ok"] == true), "setup: {setup:?}");
+    let (_, inside) = calls(&emu, None, Some(&cg.0), &[format!("delete-bucket:{b1}")])?;
+    assert!(!inside[0]["ok"].as_bool().unwrap_or(true), "inside the cgroup: denied {inside:?}");
+    let (_, outside) = calls(&emu, None, None, &[format!("delete-bucket:{b2}")])?;
+    assert!(outside[0]["ok"].as_bool().unwrap_or(false), "outside: allowed {outside:?}");
+    let (_, after) = calls(&emu, None, None, &[format!("head-bucket:{b1}")])?;
+    assert!(after[0]["ok"].as_bool().unwrap_or(false), "b1 still exists");
+    enf.agent.stop()?;
+    Ok(())
+}
+
+#[test]
+fn monitor_mode_blocks_nothing_and_records_would_deny() -> anyhow::Result<()> {
+    let emu = Emulator::start()?;
+    let key = test_key(2);
+    let mut enf = start(&format!(
+        "mode: monitor\nrules:\n  - name: watch\n    effect: deny\n    match:\n      access_keys: [\"{key}\"]\n      actions: [\"s3:DeleteBucket\"]\n"
+    ))?;
+    let b = format!("hoop-mon-{}", std::process::id());
+    let (pid, res) = calls(&emu, Some(&key), None, &[format!("create-bucket:{b}"), format!("delete-bucket:{b}")])?;
+    assert!(res.iter().all(|r| r["ok"] == true), "monitor blocks nothing: {res:?}");
+    let recs = enf.agent.wait_records(pid, WAIT, |r| !decision_of(r, "DeleteBucket").is_empty());
+    let d = decision_of(&recs, "DeleteBucket");
+    assert!(d.iter().any(|d| d["effect"] == "would-deny" && d["rule"] == "watch"), "{d:?}");
+    enf.agent.stop()?;
+    Ok(())
+}
+
+#[test]
+fn connect_rules_hold_for_ipv4_and_ipv6() -> anyhow::Result<()> {
+    let l4 = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let l6 = std::net::TcpListener::bind("[::1]:0")?;
+    let (p4, p6) = (l4.local_addr()?.port(), l6.local_addr()?.port());
+    let cg = Cgroup::new("imds")?;
+    let mut enf = start(&format!(
+        r#"
+rules:
+  - name: no-metadata
+    effect: deny
+    match:
+      cgroup: "{}"
+      endpoints: ["127.0.0.1/32", "::1/128"]
+      ports: [{p4}, {p6}]
+"#,
+        cg.1
+    ))?;
+    let probe = format!(
+        r#"
+import socket, json
+out = {{}}
+for name, fam, addr in [("v4", socket.AF_INET, ("127.0.0.1", {p4})), ("v6", socket.AF_INET6, ("::1", {p6})), ("mapped", socket.AF_INET6, ("::ffff:127.0.0.1", {p4}))]:
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    s.settimeout(3)
+    try:
+        s.connect(addr); out[name] = "connected"
+    except OSError as e:
+        out[name] = e.errno
+    s.close()
+print(json.dumps(out))
+"#
+    );
+    let run = |cgroup: Option<&Path>| -> anyhow::Result<Value> {
+        let py = repo_root().join(".venv/bin/python");
+        let mut c = match cgroup {
+            Some(cgp) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"", cgp.display()))
+                    .arg(&py);
+                c
+            }
+            None => Command::new(&py),
+        };
+        c.arg("-c").arg(&probe);
+        let (_, out) = run_client(c)?;
+        Ok(serde_json::from_str(out.trim())?)
+    };
+    let inside = run(Some(&cg.0))?;
+    for k in ["v4", "v6", "mapped"] {
+        assert_eq!(inside[k], libc_eperm(), "{k} from the cgroup: {inside}");
+    }
+    let outside = run(None)?;
+    for k in ["v4", "v6", "mapped"] {
+        assert_eq!(outside[k], "connected", "{k} from elsewhere: {outside}");
+    }
+    let start = Instant::now();
+    while !enf.agent.records().iter().any(|r| r["type"] == "endpoint-decision") && start.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let evs: Vec<Value> = enf.agent.records().into_iter().filter(|r| r["type"] == "endpoint-decision").collect();
+    assert!(evs.iter().any(|e| e["rule"] == "no-metadata" && e["destination"] == "::1"), "{evs:?}");
+    assert!(evs.iter().any(|e| e["destination"] == "127.0.0.1"), "{evs:?}");
+    drop((l4, l6));
+    enf.agent.stop()?;
+    Ok(())
+}
+
+fn libc_eperm() -> Value {
+    Value::from(1)
+}
+
+fn cli(socket: &Path, args: &[&str]) -> anyhow::Result<Value> {
+    let out = Command::new(agent_bin())
+        .arg("approvals")
+        .arg("--api-socket")
+        .arg(socket)
+        .args(args)
+        .output()?;
+    anyhow::ensure!(out.status.success(), "approvals {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+#[test]
+fn approval_flow_end_to_end() -> anyhow::Result<()> {
+    let emu = Emulator::start()?;
+    let key = test_key(3);
+    let mut enf = start(&format!(
+        "rules:\n  - name: ask-first\n    effect: approve\n    grant_ttl: 5m\n    match:\n      access_keys: [\"{key}\"]\n      actions: [\"s3:DeleteBucket\"]\n"
+    ))?;
+    let b = format!("hoop-appr-{}", std::process::id());
+    let (_, setup) = calls(&emu, None, None, &[format!("create-bucket:{b}")])?;
+    assert!(setup[0]["ok"] == true);
+    let (pid1, first) = calls(&emu, Some(&key), None, &[format!("delete-bucket:{b}")])?;
+    assert!(first[0]["ok"] == false, "first attempt blocked: {first:?}");
+    // The request shows up in the list, with the call.
+    let start = Instant::now();
+    let id = loop {
+        let l = cli(&enf.socket, &["list"])?;
+        if let Some(a) = l["approvals"].as_array().and_then(|a| {
+            a.iter().find(|a| a["pid"] == pid1 && a["state"] == "pending" && a["operation"] == "s3:DeleteBucket")
+        }) {
+            break a["id"].as_u64().unwrap_or(0);
+        }
+        anyhow::ensure!(start.elapsed() < WAIT, "no pending approval: {l}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let a = cli(&enf.socket, &["approve", &id.to_string()])?;
+    assert_eq!(a["state"], "approved");
+    assert!(a["decided_by"].as_str().is_some_and(|s| s.contains("uid=0")), "{a}");
+    let (pid2, second) = calls(&emu, Some(&key), None, &[format!("delete-bucket:{b}")])?;
+    assert!(second[0]["ok"] == true, "retry passes: {second:?}");
+    let r1 = enf.agent.wait_records(pid1, WAIT, |r| !decision_of(r, "DeleteBucket").is_empty());
+    assert!(decision_of(&r1, "DeleteBucket").iter().any(|d| d["effect"] == "approval-requested"), "{r1:?}");
+    let r2 = enf.agent.wait_records(pid2, WAIT, |r| !decision_of(r, "DeleteBucket").is_empty());
+    assert!(decision_of(&r2, "DeleteBucket").iter().any(|d| d["effect"] == "approved" && d["rule"] == "ask-first"), "{r2:?}");
+    let start = Instant::now();
+    loop {
+        let lines: Vec<Value> = enf.agent.records().into_iter().filter(|r| r["type"] == "approval").collect();
+        let has = |e: &str| lines.iter().any(|l| l["event"] == e && l["id"] == id);
+        if has("requested") && has("approved") && lines.iter().any(|l| l["event"] == "used" && l["pid"] == pid2) {
+            let req = lines.iter().find(|l| l["event"] == "requested").cloned().unwrap_or_default();
+            assert_eq!(req["call"]["aws"]["operation"], "DeleteBucket", "{req}");
+            break;
+        }
+        anyhow::ensure!(start.elapsed() < WAIT, "approval trail incomplete: {lines:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    enf.agent.stop()?;
+    Ok(())
+}
+
+#[test]
+fn invalid_policy_is_rejected_and_the_previous_one_stays() -> anyhow::Result<()> {
+    let emu = Emulator::start()?;
+    let key = test_key(4);
+    let mut enf = start(&format!(
+        "rules:\n  - name: keep-me\n    effect: deny\n    match:\n      access_keys: [\"{key}\"]\n      actions: [\"s3:DeleteBucket\"]\n"
+    ))?;
+    std::thread::sleep(Duration::from_millis(1100));
+    std::fs::write(
+        &enf.policy,
+        "rules:\n  - name: broken\n    effect: deny\n    match:\n      actions: [\"nosuchservice:Thing\"]\n",
+    )?;
+    let line = enf.agent.wait_log("rejected", WAIT)?;
+    assert!(line.contains("rule 0 (broken)") && line.contains("`actions`"), "{line}");
+    let b = format!("hoop-inv-{}", std::process::id());
+    let (_, res) = calls(&emu, Some(&key), None, &[format!("create-bucket:{b}"), format!("delete-bucket:{b}")])?;
+    assert!(res[0]["ok"] == true && res[1]["ok"] == false, "previous policy still enforced: {res:?}");
+    enf.agent.stop()?;
+    Ok(())
+}
+
+#[allow(dead_code)]
+fn unused(_: &str) -> String {
+    s("")
+}
