@@ -542,24 +542,24 @@ impl State {
                     std::net::IpAddr::V4(v4) => (v4.to_ipv6_mapped().octets(), 96 + *plen as u32),
                     std::net::IpAddr::V6(v6) => (v6.octets(), *plen as u32),
                 };
-                let ports = if e.ports.is_empty() { vec![0] } else { e.ports.clone() };
+                let mut ports = [0u16; 4];
+                for (i, p) in e.ports.iter().take(4).enumerate() {
+                    ports[i] = *p;
+                }
                 for cg in &cgs {
-                    for port in &ports {
-                        let key = Key::new(
-                            64 + bits,
-                            EndpointKey {
-                                cgroup: cg.to_ne_bytes(),
-                                addr,
-                            },
-                        );
-                        let val = EndpointVal {
-                            rule: rule_idx,
-                            port: *port,
-                            _pad: 0,
-                        };
-                        let _ = self.maps.endpoints.insert(&key, &val, 0);
-                        eps.insert((64 + bits, cg.to_ne_bytes(), addr));
-                    }
+                    let key = Key::new(
+                        64 + bits,
+                        EndpointKey {
+                            cgroup: cg.to_ne_bytes(),
+                            addr,
+                        },
+                    );
+                    let val = EndpointVal {
+                        rule: rule_idx,
+                        ports,
+                    };
+                    let _ = self.maps.endpoints.insert(&key, &val, 0);
+                    eps.insert((64 + bits, cg.to_ne_bytes(), addr));
                 }
             }
         }
@@ -911,7 +911,7 @@ impl Enforcer {
                     a.recorded = true;
                     a.call = Some(call);
                     match a.state {
-                        ApprovalState::Approved => effect = "approved".into(),
+                        ApprovalState::Approved if a.held => effect = "approved".into(),
                         ApprovalState::Denied | ApprovalState::Expired if a.held => effect = "deny".into(),
                         _ => {}
                     }
@@ -947,6 +947,66 @@ impl Enforcer {
             _ => {}
         }
         rec.decision = Decision { effect, rule };
+    }
+
+    /// Blocked requests whose plaintext never formed a complete exchange (the body write was
+    /// dropped) still get a record, built from the kernel decision, after `GRACE`.
+    pub fn expire(&mut self) -> Vec<CallRecord> {
+        const GRACE: u64 = 3_000_000_000;
+        const KEEP: u64 = 60_000_000_000;
+        let Ok(st) = self.state.lock() else { return Vec::new() };
+        let now = st.clock.boot_now();
+        let mut out = Vec::new();
+        for q in self.queued.values_mut() {
+            while let Some(ev) = q.front().copied() {
+                let blocked = matches!(
+                    ev.outcome,
+                    enf::OUT_DENY | enf::OUT_KILL | enf::OUT_APPROVAL_REQUESTED
+                );
+                let due = if blocked { ev.ts_ns + GRACE } else { ev.ts_ns + KEEP };
+                if due > now {
+                    break;
+                }
+                q.pop_front();
+                if !blocked {
+                    continue;
+                }
+                let mut rec = CallRecord {
+                    version: hoop_event::RECORD_VERSION,
+                    time_ns: st.clock.unix_ns(ev.ts_ns),
+                    time: crate::record::rfc3339(st.clock.unix_ns(ev.ts_ns)),
+                    ..Default::default()
+                };
+                rec.process.pid = ev.tgid;
+                rec.process.tid = ev.tid;
+                rec.process.uid = ev.uid;
+                rec.process.cgroup_id = ev.cgroup_id;
+                rec.process.comm = std::fs::read_to_string(format!("/proc/{}/comm", ev.tgid))
+                    .map(|c| c.trim().to_string())
+                    .unwrap_or_default();
+                rec.connection.id = format!("{:#x}", ev.conn);
+                rec.connection.tls = "openssl".into();
+                rec.connection.http = "HTTP/1.1".into();
+                if let Some((svc, op)) = st.policy.as_ref().and_then(|p| p.key_names.get(&ev.action)) {
+                    rec.aws.service = svc.clone();
+                    rec.aws.operation = Some(op.clone());
+                    if let Some(s) = hoop_aws::model::model().service(svc) {
+                        let method = s.operation(op).map(|o| o.method.clone()).unwrap_or_default();
+                        rec.aws.iam_action = Some(hoop_aws::tables::iam().action(svc, &s.signing_name, op, &method, false));
+                        rec.aws.signing_service = Some(s.signing_name.clone());
+                        rec.request.method = method;
+                    }
+                }
+                rec.workload.kind = "host".into();
+                rec.decision = Decision {
+                    effect: outcome_effect(ev.outcome).to_string(),
+                    rule: st.rule_name(ev.rule),
+                };
+                out.push(rec);
+            }
+        }
+        self.queued.retain(|_, q| !q.is_empty());
+        out
     }
 
     /// Output lines produced since the last call (approvals, endpoint decisions).

@@ -560,6 +560,9 @@ pub fn compile(file: &PolicyFile) -> Result<Compiled, PolicyError> {
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
+            if m.ports.len() > 4 {
+                return Err(rule_err(i, name, "ports", "at most 4 ports per endpoint rule"));
+            }
             if !matches!(r.effect, Effect::Deny | Effect::Audit) {
                 return Err(rule_err(i, name, "effect", "endpoint rules are `deny` (or `audit`)"));
             }

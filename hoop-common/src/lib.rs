@@ -410,9 +410,8 @@ pub struct EndpointKey {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct EndpointVal {
     pub rule: u32,
-    /// Destination port, 0 = any.
-    pub port: u16,
-    pub _pad: u16,
+    /// Destination ports, all 0 = any port; unused slots are 0.
+    pub ports: [u16; 4],
 }
 
 #[cfg(feature = "user")]

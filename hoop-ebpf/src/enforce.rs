@@ -1040,7 +1040,8 @@ fn connect_check(addr: [u8; 16], port: u16) -> i32 {
         hit = ENF_ENDPOINTS.get(&key).copied();
     }
     let Some(v) = hit else { return 1 };
-    if v.port != 0 && v.port != port {
+    let any = v.ports[0] == 0;
+    if !any && v.ports[0] != port && v.ports[1] != port && v.ports[2] != port && v.ports[3] != port {
         return 1;
     }
     stat(enf::STAT_CONNECT_DENIED, 1);
