@@ -4,10 +4,11 @@
 //! sinks); a discovery thread owns the loaded programs and attaches TLS probes to files that
 //! new processes map.
 
+use crate::audit::Audit;
 use crate::capture::{Assembler, CaptureConfig, Exchange};
+use crate::metrics::Metrics;
 use crate::discovery::{self, Discovery};
 use crate::probes::{CounterReader, KernelCounters, Probes};
-use crate::procs::ProcTable;
 use crate::record::{self, Clock};
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
@@ -31,9 +32,21 @@ pub struct RunOptions {
     /// TLS ring buffer size in bytes (power of two).
     pub ring_bytes: u32,
     pub capture: CaptureConfig,
+    /// Process, workload and principal resolution settings.
+    pub identity: hoop_identity::IdentityConfig,
     /// Also write every raw TLS record to this file (length-prefixed), for debugging and for
     /// recording test fixtures. The file holds plaintext: use only with test credentials.
     pub record_raw: Option<PathBuf>,
+    /// Data directory: the audit store lives in `store/`.
+    pub data_dir: PathBuf,
+    pub store: crate::audit::StoreSection,
+    /// `/metrics`, `/healthz`, `/readyz`.
+    pub metrics_addr: std::net::SocketAddr,
+    pub metrics_identity_cap: usize,
+    /// Local API socket (reviewer commands, approvals).
+    pub api_socket: PathBuf,
+    /// Policy enforcement (issue 6); `None` = capture only.
+    pub enforce: Option<crate::enforce::EnforceOptions>,
 }
 
 /// Rescans of a new process: at exec (static TLS in the executable), then after the dynamic
@@ -50,6 +63,9 @@ const FULL_SCAN_EVERY: Duration = Duration::from_secs(10);
 const EXIT_GRACE_NS: u64 = 1_000_000_000;
 
 pub async fn run(opts: RunOptions) -> Result<()> {
+    let metrics = Metrics::new(opts.metrics_identity_cap)?;
+    crate::metrics::serve(opts.metrics_addr, metrics.clone()).await?;
+    let audit = Audit::open(&opts.data_dir, &opts.store)?;
     let mut probes = Probes::load(opts.ring_bytes)?;
     if let Some(logger) = probes.start_kernel_log() {
         spawn_kernel_log(logger)?;
@@ -59,6 +75,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let tls_ring = probes.take_ring("TLS_EVENTS")?;
     let proc_ring = probes.take_ring("PROC_EVENTS")?;
     let counters = probes.take_counters()?;
+    // --- enforcement start-up (issue 6) ---
+    let enforcer = match &opts.enforce {
+        Some(o) => Some(crate::enforce::start(probes.ebpf_mut(), o)?),
+        None => None,
+    };
+    // --- end enforcement start-up ---
 
     let mut disc = Discovery::new();
     let me = std::process::id();
@@ -69,6 +91,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             warn!(file = %t.path, "attach failed: {e:#}");
         }
     }
+    if enforcer.is_none() {
+        crate::api::serve(&opts.api_socket, crate::audit::routes(audit.store.clone()))?;
+    }
+    metrics.tls_libraries.set(probes.files_attached() as i64);
+    metrics.uprobes.set(probes.uprobes_attached() as i64);
+    metrics.set_ready();
     info!(
         files = probes.files_attached(),
         probes = probes.uprobes_attached(),
@@ -78,27 +106,36 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let (scan_tx, scan_rx) = mpsc::channel::<u32>();
     std::thread::Builder::new()
         .name("hoop-discovery".into())
-        .spawn(move || discovery_loop(probes, disc, scan_rx, me))
+        .spawn({
+            let metrics = metrics.clone();
+            move || discovery_loop(probes, disc, scan_rx, me, &metrics)
+        })
         .context("spawn discovery thread")?;
 
+    let identity = hoop_identity::Resolver::new(opts.identity.clone())
+        .context("start identity resolution")?;
     let mut sink = Sink::open(&opts)?;
     let mut ev = EventLoop {
         assembler: Assembler::new(opts.capture),
         clock: Clock::new(),
-        procs: ProcTable::new(),
+        identity,
+        last_sweep: Instant::now(),
         exits: Vec::new(),
         exchanges: Vec::new(),
         scan_tx,
         counters,
         last_counters: KernelCounters::default(),
+        metrics,
+        audit,
+        last_parse: Default::default(),
         raw: match &opts.record_raw {
             Some(p) => Some(std::io::BufWriter::new(
                 std::fs::File::create(p).with_context(|| format!("create {}", p.display()))?,
             )),
             None => None,
         },
+        enforcer,
     };
-    ev.procs.scan_existing();
 
     let mut tls = poll(tls_ring)?;
     let mut proc = poll(proc_ring)?;
@@ -131,6 +168,21 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     ev.assembler.flush_all(&mut ev.exchanges);
     ev.emit(&mut sink)?;
     sink.flush()?;
+    let durable = ev.audit.store.flush().context("flush the audit store")?;
+    info!(durable, "audit store flushed");
+    let c = ev.counters.read();
+    let st = ev.assembler.stats();
+    info!(
+        records = st.records,
+        bytes = st.bytes,
+        lost_records = c.lost_records,
+        lost_bytes = c.lost_bytes,
+        lost_proc_events = c.lost_proc_events,
+        bad_records = st.bad_records,
+        gaps = st.gaps,
+        garbage_heads = st.garbage_heads,
+        "capture summary"
+    );
     Ok(())
 }
 
@@ -159,14 +211,20 @@ fn spawn_kernel_log(logger: aya_log::EbpfLogger<&'static dyn log::Log>) -> Resul
 struct EventLoop {
     assembler: Assembler,
     clock: Clock,
-    procs: ProcTable,
+    identity: hoop_identity::Resolver,
+    last_sweep: Instant,
     /// (boot ns when due, tgid) of exited processes whose connections are to be closed.
     exits: Vec<(u64, u32)>,
     exchanges: Vec<Exchange>,
     scan_tx: mpsc::Sender<u32>,
     counters: CounterReader,
     last_counters: KernelCounters,
+    metrics: std::sync::Arc<Metrics>,
+    audit: Audit,
+    /// Assembler counters already exported to metrics.
+    last_parse: crate::capture::CaptureStats,
     raw: Option<std::io::BufWriter<std::fs::File>>,
+    enforcer: Option<crate::enforce::Enforcer>,
 }
 
 impl EventLoop {
@@ -190,11 +248,13 @@ impl EventLoop {
             let ev: ProcEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
             match ev.kind {
                 PROC_EXEC => {
-                    self.procs.on_exec(ev.tgid);
+                    let name = hoop_common::c_str_bytes(&ev.filename);
+                    self.identity
+                        .on_exec(ev.tgid, ev.ppid, &String::from_utf8_lossy(name));
                     let _ = self.scan_tx.send(ev.tgid);
                 }
                 PROC_EXIT => {
-                    self.procs.on_exit(ev.tgid);
+                    self.identity.on_exit(ev.tgid);
                     self.exits.push((ev.ts_ns + EXIT_GRACE_NS, ev.tgid));
                 }
                 _ => {}
@@ -217,8 +277,12 @@ impl EventLoop {
             self.assembler.process_exited(pid, &mut self.exchanges);
         }
         self.assembler.expire(now, &mut self.exchanges);
-        self.procs.prune();
+        if self.last_sweep.elapsed() >= Duration::from_secs(10) {
+            self.identity.sweep();
+            self.last_sweep = Instant::now();
+        }
         let c = self.counters.read();
+        self.export_counters(&c);
         if c.lost_records > self.last_counters.lost_records {
             warn!(
                 lost = c.lost_records - self.last_counters.lost_records,
@@ -229,13 +293,111 @@ impl EventLoop {
         self.last_counters = c;
     }
 
+    fn export_counters(&mut self, c: &KernelCounters) {
+        let m = &self.metrics;
+        let l = &self.last_counters;
+        m.records_lost.inc_by(c.lost_records.saturating_sub(l.lost_records));
+        m.record_bytes_lost.inc_by(c.lost_bytes.saturating_sub(l.lost_bytes));
+        m.proc_events_lost
+            .inc_by(c.lost_proc_events.saturating_sub(l.lost_proc_events));
+        let s = self.assembler.stats();
+        let p = &self.last_parse;
+        m.records.inc_by(s.records - p.records);
+        m.record_bytes.inc_by(s.bytes - p.bytes);
+        for (kind, now, before) in [
+            ("bad_record", s.bad_records, p.bad_records),
+            ("garbage", s.garbage_heads, p.garbage_heads),
+            ("broken_message", s.broken_messages, p.broken_messages),
+            ("lost_in_connection", s.gaps, p.gaps),
+        ] {
+            m.parse_errors
+                .with_label_values(&[kind])
+                .inc_by(now.saturating_sub(before));
+        }
+        self.last_parse = s;
+        m.connections.set(self.assembler.connections() as i64);
+        m.process_cache.set(self.identity.processes().len() as i64);
+        m.principals.set(self.identity.principals().len() as i64);
+        let st = self.audit.store.stats();
+        m.store_bytes.set(st.disk_bytes as i64);
+    }
+
+    /// Masks, stores, counts and prints one record.
+    fn deliver(&mut self, mut rec: CallRecord, sink: &mut Sink) -> Result<()> {
+        match self.audit.record(&mut rec) {
+            Ok(latency) => {
+                self.metrics.store_events.inc();
+                self.metrics.store_write_seconds.observe(latency.as_secs_f64());
+            }
+            Err(e) => warn!("audit store append failed: {e:#}"),
+        }
+        self.metrics.call(
+            &rec.aws.service,
+            rec.aws.iam_action.as_deref(),
+            &rec.decision.effect,
+            rec.identity.key(),
+        );
+        sink.write(&rec)
+    }
+
+    /// Fills process, workload and principal. Credential responses (STS, IMDS, container
+    /// endpoints) teach the principal map first, so the call that revealed a principal is
+    /// attributed to it too.
+    fn attribute(&self, ex: &Exchange, rec: &mut CallRecord) {
+        let akid = rec.identity.access_key_id.clone();
+        if let Some(resp) = ex.response.as_ref() {
+            let _ = self
+                .identity
+                .principals()
+                .learn_from_exchange(&hoop_identity::principal::HttpExchange {
+                    host: rec.request.host.as_deref(),
+                    method: &ex.request.head.method,
+                    target: &ex.request.head.target,
+                    signing_access_key_id: akid.as_deref(),
+                    status: resp.head.status,
+                    response_body: &resp.body,
+                });
+        }
+        let o = &ex.origin;
+        let (mut process, workload, mut identity) =
+            self.identity
+                .resolve(o.tgid, o.tid, o.cgroup_id, akid.as_deref());
+        if process.comm.is_empty() {
+            process.comm = o.comm.clone();
+        }
+        process.uid = o.uid;
+        if identity.access_key_id.is_none() {
+            identity.access_key_id = akid;
+        }
+        rec.process = process;
+        rec.workload = workload;
+        rec.identity = identity;
+    }
+
     fn emit(&mut self, sink: &mut Sink) -> Result<()> {
-        for ex in self.exchanges.drain(..) {
-            let Some(mut rec) = record::build(&ex, &self.clock) else {
+        if let Some(e) = self.enforcer.as_mut() {
+            e.poll();
+        }
+        for ex in std::mem::take(&mut self.exchanges) {
+            let principals = self.identity.principals();
+            let Some(mut rec) = record::build(&ex, &self.clock, &|akid: &str| {
+                principals.lookup(akid).and_then(|p| p.account_id.clone())
+            }) else {
                 continue;
             };
-            rec.process = self.procs.describe(&ex.origin);
-            sink.write(&rec)?;
+            self.attribute(&ex, &mut rec);
+            if let Some(e) = self.enforcer.as_mut() {
+                e.annotate(&mut rec, ex.key.tgid, ex.key.conn, ex.request_ts, ex.response_ts);
+            }
+            self.deliver(rec, sink)?;
+        }
+        if let Some(e) = self.enforcer.as_mut() {
+            for rec in e.expire() {
+                sink.write(&rec)?;
+            }
+            for line in e.take_lines() {
+                sink.write_value(&line)?;
+            }
         }
         if let Some(w) = self.raw.as_mut() {
             w.flush()?;
@@ -269,7 +431,15 @@ impl Sink {
     }
 
     fn write(&mut self, rec: &CallRecord) -> Result<()> {
-        let line = serde_json::to_string(rec)?;
+        self.write_line(&serde_json::to_string(rec)?)
+    }
+
+    /// A non-record line (approval events, endpoint decisions).
+    fn write_value(&mut self, v: &serde_json::Value) -> Result<()> {
+        self.write_line(&v.to_string())
+    }
+
+    fn write_line(&mut self, line: &str) -> Result<()> {
         if let Some(w) = self.stdout.as_mut() {
             writeln!(w, "{line}")?;
         }
@@ -291,7 +461,13 @@ impl Sink {
 }
 
 /// Owns the loaded programs; attaches TLS probes to files that processes map.
-fn discovery_loop(mut probes: Probes, mut disc: Discovery, rx: mpsc::Receiver<u32>, me: u32) {
+fn discovery_loop(
+    mut probes: Probes,
+    mut disc: Discovery,
+    rx: mpsc::Receiver<u32>,
+    me: u32,
+    metrics: &Metrics,
+) {
     // Min-heap of (due, pid) rescans.
     let mut due: BinaryHeap<std::cmp::Reverse<(Instant, u32)>> = BinaryHeap::new();
     let mut next_full = Instant::now() + FULL_SCAN_EVERY;
@@ -327,5 +503,7 @@ fn discovery_loop(mut probes: Probes, mut disc: Discovery, rx: mpsc::Receiver<u3
                 warn!(file = %t.path, "attach failed: {e:#}");
             }
         }
+        metrics.tls_libraries.set(probes.files_attached() as i64);
+        metrics.uprobes.set(probes.uprobes_attached() as i64);
     }
 }

@@ -1,6 +1,6 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use hoop_agent::{agent, capture::CaptureConfig};
+use hoop_agent::{agent, audit::AuditCommand, capture::CaptureConfig, config::Config};
 use std::path::PathBuf;
 
 /// hoop: see, attribute and control every AWS API call made on this host.
@@ -10,6 +10,13 @@ struct Cli {
     /// Log format: human or json.
     #[arg(long, global = true, env = "HOOP_LOG_FORMAT", default_value = "human")]
     log_format: String,
+    /// Data directory (audit store); default /var/lib/hoop. For `run` it overrides `data_dir`.
+    #[arg(long, global = true, env = "HOOP_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The agent's local API socket; default /run/hoop/hoop.sock. Reviewer commands go
+    /// through it when the agent answers, else they open the store read-only.
+    #[arg(long, global = true, env = "HOOP_API_SOCKET")]
+    api_socket: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -18,26 +25,84 @@ struct Cli {
 enum Command {
     /// Run the agent: attach probes and print one JSON record per AWS call.
     Run(RunArgs),
+    /// Just-in-time approvals of the running agent: list, approve ID, deny ID.
+    Approvals(ApprovalsArgs),
+    #[command(flatten)]
+    Audit(AuditCommand),
+}
+
+#[derive(clap::Args)]
+struct ApprovalsArgs {
+    #[command(subcommand)]
+    action: ApprovalAction,
+}
+
+#[derive(Subcommand)]
+enum ApprovalAction {
+    /// List approval requests (pending and decided).
+    List,
+    /// Grant the time-bound exception an approval request asks for.
+    Approve { id: u64 },
+    /// Refuse it.
+    Deny { id: u64 },
 }
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Also append records (JSON lines) to this file.
+    /// Configuration file (YAML). Default: /etc/hoop/config.yaml when it exists, else the
+    /// embedded defaults.
+    #[arg(long, env = "HOOP_CONFIG")]
+    config: Option<PathBuf>,
+    /// Also append records (JSON lines) to this file. Overrides `output`.
     #[arg(long)]
     output: Option<PathBuf>,
     /// Do not print records to stdout.
     #[arg(long)]
     no_stdout: bool,
-    /// Size of the TLS ring buffer in bytes (a power of two).
-    #[arg(long, default_value_t = 16 * 1024 * 1024)]
-    ring_buffer_bytes: u32,
+    /// Size of the TLS ring buffer in bytes (a power of two). Overrides
+    /// `capture.ring_buffer_bytes`.
+    #[arg(long)]
+    ring_buffer_bytes: Option<u32>,
     /// Seconds a request waits for its response before it is reported without one.
-    #[arg(long, default_value_t = 30)]
-    response_timeout: u64,
+    #[arg(long)]
+    response_timeout: Option<u64>,
     /// Write every raw TLS plaintext record to this file (debugging, test fixtures). It holds
     /// unmasked plaintext: never use it with real credentials.
     #[arg(long, hide = true)]
     record_raw: Option<PathBuf>,
+    /// Policy file (YAML, hot-reloaded). Default: /etc/hoop/policy.yaml when it exists.
+    #[arg(long, env = "HOOP_POLICY")]
+    policy: Option<PathBuf>,
+    /// Address for /metrics, /healthz and /readyz. Overrides `metrics_addr`.
+    #[arg(long, env = "HOOP_METRICS_ADDR")]
+    metrics_addr: Option<String>,
+    /// Do not load the enforcement programs (capture only).
+    #[arg(long)]
+    no_enforce: bool,
+    /// Measure in-kernel decision time (per-CPU counters; small overhead).
+    #[arg(long)]
+    enforce_stats: bool,
+}
+
+fn api_socket(cli: &Cli) -> PathBuf {
+    cli.api_socket
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(hoop_agent::config::DEFAULT_API_SOCKET))
+}
+
+/// The command line without the binary and the global options, as the agent's API parses it.
+fn audit_argv() -> Vec<String> {
+    const GLOBAL: [&str; 3] = ["--log-format", "--data-dir", "--api-socket"];
+    let mut out = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if GLOBAL.contains(&a.as_str()) {
+            args.next();
+        } else if !GLOBAL.iter().any(|g| a.starts_with(&format!("{g}="))) {
+            out.push(a);
+        }
+    }
+    out
 }
 
 fn init_logging(format: &str) {
@@ -56,17 +121,69 @@ fn init_logging(format: &str) {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
-    match cli.command {
+    match &cli.command {
+        Command::Approvals(a) => {
+            let (method, path) = match a.action {
+                ApprovalAction::List => ("GET", "/v1/approvals".to_string()),
+                ApprovalAction::Approve { id } => ("POST", format!("/v1/approvals/{id}/approve")),
+                ApprovalAction::Deny { id } => ("POST", format!("/v1/approvals/{id}/deny")),
+            };
+            let (status, body) = hoop_agent::api::call(&api_socket(&cli), method, &path)?;
+            println!("{}", serde_json::to_string_pretty(&body)?);
+            if status != 200 {
+                anyhow::bail!("agent answered {status}");
+            }
+            Ok(())
+        }
+        Command::Audit(cmd) => {
+            let data_dir = cli
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(hoop_agent::config::DEFAULT_DATA_DIR));
+            hoop_agent::audit::run_cli(cmd, &audit_argv(), &data_dir, &api_socket(&cli))
+        }
         Command::Run(a) => {
+            let mut cfg = Config::load(a.config.as_deref())?;
+            if let Some(d) = cli.data_dir.clone() {
+                cfg.data_dir = d;
+            }
+            if let Some(o) = a.output.clone() {
+                cfg.output = Some(o);
+            }
+            if let Some(r) = a.ring_buffer_bytes {
+                cfg.capture.ring_buffer_bytes = r;
+            }
+            if let Some(m) = a.metrics_addr.clone() {
+                cfg.metrics_addr = m;
+            }
+            if let Some(p) = cli.api_socket.clone() {
+                cfg.api_socket = p;
+            }
+            if let Some(t) = a.response_timeout {
+                cfg.capture.response_timeout_secs = t;
+            }
             let opts = agent::RunOptions {
-                output: a.output,
+                output: cfg.output.clone(),
                 stdout: !a.no_stdout,
-                ring_bytes: a.ring_buffer_bytes,
+                ring_bytes: cfg.capture.ring_buffer_bytes,
                 capture: CaptureConfig {
-                    response_timeout_ns: a.response_timeout * 1_000_000_000,
+                    response_timeout_ns: cfg.capture.response_timeout_secs * 1_000_000_000,
+                    max_body: cfg.capture.max_body_bytes,
+                    max_connections: cfg.capture.max_connections,
                     ..Default::default()
                 },
-                record_raw: a.record_raw,
+                identity: cfg.identity(),
+                record_raw: a.record_raw.clone(),
+                data_dir: cfg.data_dir.clone(),
+                store: cfg.store.clone(),
+                metrics_addr: cfg.metrics_addr.parse()?,
+                metrics_identity_cap: cfg.metrics_identity_cap,
+                api_socket: cfg.api_socket.clone(),
+                enforce: (!a.no_enforce).then(|| hoop_agent::enforce::EnforceOptions {
+                    policy: a.policy.clone().or(cfg.policy.clone()),
+                    api_socket: cfg.api_socket.clone(),
+                    stats: a.enforce_stats,
+                }),
             };
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

@@ -99,7 +99,12 @@ pub fn mask_query(q: &str) -> String {
 
 /// Builds the record of an exchange, or `None` when it is not an AWS call. Process, workload
 /// and identity are left for the caller to fill.
-pub fn build(ex: &Exchange, clock: &Clock) -> Option<CallRecord> {
+/// `account_of` maps an access key id to its account when known, so resource ARNs carry it.
+pub fn build(
+    ex: &Exchange,
+    clock: &Clock,
+    account_of: &dyn Fn(&str) -> Option<String>,
+) -> Option<CallRecord> {
     let head = &ex.request.head;
     let headers = head.header_refs();
     let body = request_body_for_parsing(&ex.request);
@@ -134,7 +139,8 @@ pub fn build(ex: &Exchange, clock: &Clock) -> Option<CallRecord> {
         .response_ts
         .map(|end| end.saturating_sub(ex.request_ts) as f64 / 1e6);
 
-    let call = hoop_aws::classify(&req, cred.as_ref(), None, None);
+    let account = cred.as_ref().and_then(|c| account_of(&c.access_key_id));
+    let call = hoop_aws::classify(&req, cred.as_ref(), None, account.as_deref());
     let service = call
         .as_ref()
         .map(|c| c.service.clone())

@@ -182,6 +182,12 @@ impl Emulator {
 /// The real agent, started with `hoop-agent run`.
 pub struct Agent {
     pub output: PathBuf,
+    /// `--data-dir` (the audit store is in `store/`).
+    pub data_dir: PathBuf,
+    /// `--api-socket`.
+    pub api_socket: PathBuf,
+    /// `/metrics`, `/healthz`, `/readyz` of this agent.
+    pub metrics_addr: String,
     pub dir: TempDir,
     pub stderr: Arc<Mutex<Vec<String>>>,
     proc: Option<Guard>,
@@ -197,11 +203,21 @@ impl Agent {
     pub fn start(extra: &[&str]) -> Result<Self> {
         let dir = TempDir::new("agent")?;
         let output = dir.path().join("calls.jsonl");
+        let data_dir = dir.path().join("data");
+        let api_socket = dir.path().join("api.sock");
+        let metrics_addr = format!("127.0.0.1:{}", free_port()?);
+        // Each agent gets its own store, socket and metrics port, so agents of different
+        // tests (or a production agent) never collide.
         let mut child = Command::new(agent_bin())
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--api-socket")
+            .arg(&api_socket)
             .arg("run")
             .arg("--no-stdout")
             .arg("--output")
             .arg(&output)
+            .args(["--metrics-addr", &metrics_addr])
             .args(extra)
             .env("HOOP_LOG", "info")
             .stdout(Stdio::null())
@@ -221,6 +237,9 @@ impl Agent {
         });
         let mut agent = Agent {
             output,
+            data_dir,
+            api_socket,
+            metrics_addr,
             dir,
             stderr: lines,
             proc: Some(Guard(child)),
@@ -231,6 +250,39 @@ impl Agent {
 
     pub fn pid(&self) -> Option<u32> {
         self.proc.as_ref().map(|g| g.0.id())
+    }
+
+    /// Runs `hoop-agent ARGS` (a reviewer command) against this agent's socket and data
+    /// directory; returns (success, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> Result<(bool, String, String)> {
+        let out = Command::new(agent_bin())
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--api-socket")
+            .arg(&self.api_socket)
+            .args(args)
+            .output()?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// GET a path of the agent's metrics endpoint; returns (status, body).
+    pub fn http_get(&self, path: &str) -> Result<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&self.metrics_addr)?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: hoop\r\nConnection: close\r\n\r\n")?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf)?;
+        let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        Ok((status, body.to_string()))
     }
 
     /// Waits until the agent logged a line containing `needle`.

@@ -1,6 +1,231 @@
-//! Benchmarks (filled in below).
-use anyhow::{Result, bail};
+//! `cargo xtask bench <what>`: side-by-side measurements on this (shared, noisy) machine.
+//! Every ratio compares runs made alternately in one invocation, and reports medians.
 
-pub fn bench(what: &str, _scale: f64) -> Result<()> {
-    bail!("unknown benchmark {what}")
+use crate::{cargo, root, run, setup};
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn bench(what: &str, scale: f64) -> Result<()> {
+    match what {
+        "capture" => capture(scale),
+        "classify" => run(cargo().args(["bench", "-p", "hoop-aws", "--bench", "classify"])),
+        "store" => {
+            let events = ((1_000_000.0 * scale) as u64).max(1000).to_string();
+            run(cargo().args([
+                "run", "--release", "-p", "hoop-store", "--example", "bench_store", "--", "--events",
+                &events,
+            ]))
+        }
+        "all" => {
+            capture(scale)?;
+            bench("classify", scale)?;
+            bench("store", scale)
+        }
+        other => bail!("unknown benchmark {other:?}: capture, classify, store, all"),
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+struct Killer(Child);
+
+impl Drop for Killer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn make_cert(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    run(Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null()))?;
+    Ok((cert, key))
+}
+
+fn start_emulator(cert: &Path, key: &Path, port: u16) -> Result<Killer> {
+    let child = Command::new(root().join(".venv/bin/gunicorn"))
+        .current_dir(root().join("tests/clients"))
+        .args(["-k", "gthread", "--threads", "4", "-w", "1", "--keep-alive", "60"])
+        .arg("--certfile")
+        .arg(cert)
+        .arg("--keyfile")
+        .arg(key)
+        .args(["-b", &format!("127.0.0.1:{port}"), "moto_app:app"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start gunicorn")?;
+    let k = Killer(child);
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("emulator did not start");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(k)
+}
+
+/// The release agent, started and waited for until ready; `stop` returns its summary line.
+struct Agent {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Agent {
+    fn start(output: &Path) -> Result<Self> {
+        let mut child = Command::new(root().join("target/release/hoop-agent"))
+            .args(["--log-format", "json", "run", "--no-stdout", "--output"])
+            .arg(output)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("start hoop-agent")?;
+        let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        let a = Agent { child, lines: rx };
+        a.wait_for("hoop-agent ready", Duration::from_secs(60))?;
+        Ok(a)
+    }
+
+    fn wait_for(&self, needle: &str, timeout: Duration) -> Result<String> {
+        let end = Instant::now() + timeout;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return Ok(l),
+                Ok(_) => {}
+                Err(_) => bail!("agent did not log {needle:?}"),
+            }
+        }
+    }
+
+    /// SIGTERM, then the `capture summary` fields.
+    fn stop(mut self) -> Result<Value> {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc_kill(self.child.id() as i32, 15) };
+        let line = self.wait_for("capture summary", Duration::from_secs(30))?;
+        let _ = self.child.wait();
+        let v: Value = serde_json::from_str(&line)?;
+        Ok(v["fields"].clone())
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+fn python_json(args: &[&str], env: &[(&str, String)]) -> Result<Value> {
+    let mut cmd = Command::new(root().join(".venv/bin/python"));
+    cmd.args(args).stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output()?;
+    if !out.status.success() {
+        bail!("{args:?} failed");
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Agent overhead on a boto3 workload, and loss at 10,000 TLS writes per second.
+fn capture(scale: f64) -> Result<()> {
+    setup::setup()?;
+    run(cargo().args(["build", "--release", "-p", "hoop-agent"]))?;
+    let tmp = std::env::temp_dir().join(format!("hoop-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    let (cert, key) = make_cert(&tmp)?;
+    let port = free_port()?;
+    let _emu = start_emulator(&cert, &key, port)?;
+    let env = vec![
+        ("HOOP_ENDPOINT", format!("https://127.0.0.1:{port}")),
+        ("AWS_CA_BUNDLE", cert.display().to_string()),
+        ("AWS_ACCESS_KEY_ID", "AKIAHOOPBENCH0000001".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "benchsecretbenchsecretbenchsecret0000000".to_string()),
+        ("AWS_DEFAULT_REGION", "us-east-1".to_string()),
+        ("AWS_CONFIG_FILE", "/dev/null".to_string()),
+    ];
+    let script = root().join("tests/bench/boto3_rate.py").display().to_string();
+    let calls = ((400.0 * scale) as u64).max(20).to_string();
+    let rounds = 5;
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    let output = tmp.join("calls.jsonl");
+    let mut recorded = 0u64;
+    let mut lost = 0u64;
+    // Warm-up run (imports, emulator caches), not counted.
+    python_json(&[&script, "20"], &env)?;
+    for round in 0..rounds {
+        let a = python_json(&[&script, &calls], &env)?["rate"].as_f64().unwrap_or(0.0);
+        let _ = std::fs::remove_file(&output);
+        let agent = Agent::start(&output)?;
+        let b = python_json(&[&script, &calls], &env)?["rate"].as_f64().unwrap_or(0.0);
+        let summary = agent.stop()?;
+        lost += summary["lost_records"].as_u64().unwrap_or(0);
+        recorded += std::fs::read_to_string(&output)
+            .map(|t| t.lines().count() as u64)
+            .unwrap_or(0);
+        eprintln!("round {round}: {a:.1} calls/s without agent, {b:.1} with");
+        without.push(a);
+        with.push(b);
+    }
+    let (ma, mb) = (median(&mut without), median(&mut with));
+    println!("\n== capture: boto3 sequential calls (STS + DynamoDB, keep-alive TLS), {calls} calls x {rounds} rounds");
+    println!("median without agent : {ma:.1} calls/s");
+    println!("median with agent    : {mb:.1} calls/s");
+    println!("ratio (with/without) : {:.3}  (overhead {:.1}%)", mb / ma, (1.0 - mb / ma) * 100.0);
+    println!("records written      : {recorded} (expected >= {})", rounds as u64 * (calls.parse::<u64>().unwrap_or(0) + 2));
+    println!("lost records         : {lost}");
+
+    // 10,000 TLS writes per second (plus the sink's reads) for a few seconds.
+    let tls = root().join("tests/bench/tls_writes.py").display().to_string();
+    let seconds = format!("{}", (5.0 * scale).max(1.0));
+    let base = python_json(&[&tls, &cert.display().to_string(), &key.display().to_string(), "10000", &seconds], &[])?;
+    let agent = Agent::start(&tmp.join("tls.jsonl"))?;
+    let r = python_json(&[&tls, &cert.display().to_string(), &key.display().to_string(), "10000", &seconds], &[])?;
+    let summary = agent.stop()?;
+    println!("\n== capture: paced TLS writes (200 B each) at 10,000/s for {seconds} s, client and sink in one process");
+    println!("achieved rate without agent : {:.0} writes/s", base["rate"].as_f64().unwrap_or(0.0));
+    println!("achieved rate with agent    : {:.0} writes/s", r["rate"].as_f64().unwrap_or(0.0));
+    println!(
+        "TLS calls made              : {} writes + {} reads",
+        r["writes"], r["reads"]
+    );
+    println!("records received by agent   : {}", summary["records"]);
+    println!("lost records (kernel count) : {}", summary["lost_records"]);
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
 }

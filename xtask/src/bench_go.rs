@@ -177,6 +177,10 @@ fn rate(client: &Path, env: &[(&str, String)], seconds: f64) -> Result<f64> {
         bail!("{} bench failed: {}", client.display(), out.status);
     }
     let v: Value = serde_json::from_slice(&out.stdout)?;
+    let errors = v["errors"].as_u64().unwrap_or(0);
+    if errors > 0 {
+        eprintln!("  ({errors} failed calls in this run)");
+    }
     Ok(v["calls"].as_f64().unwrap_or(0.0) / seconds)
 }
 

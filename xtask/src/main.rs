@@ -88,7 +88,7 @@ fn main() -> Result<()> {
         Cmd::Bench { what, scale } => bench::bench(&what, scale),
         Cmd::GenAwsModel => {
             let data = setup::botocore_data_dir()?;
-            aws_model::generate(&data, &root().join("hoop-aws/data"))
+            aws_model::generate(&data, &root().join("hoop-aws/data/aws-model.tsv.gz"))
         }
     }
 }
