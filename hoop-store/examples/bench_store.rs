@@ -20,6 +20,18 @@ fn du(p: &std::path::Path) -> u64 {
     n
 }
 
+/// CPU seconds used by this process so far (all threads: the store's flusher and sled's
+/// threads count), so numbers from a loaded shared machine can be compared.
+fn cpu_s() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
 fn main() -> anyhow::Result<()> {
     let mut events: u64 = 1_000_000;
     let mut dir_arg = None;
@@ -42,7 +54,7 @@ fn main() -> anyhow::Result<()> {
     let masker = Masker::new(&[], b"bench-node-key-0123456789abcdef!")?;
     let mut generator = Gen::new(42, 50);
     let chunk = 20_000u64;
-    let (mut t_gen, mut t_ingest) = (0f64, 0f64);
+    let (mut t_gen, mut t_ingest, mut cpu_ingest) = (0f64, 0f64, 0f64);
     let mut i = 0u64;
     while i < events {
         let n = chunk.min(events - i);
@@ -55,24 +67,27 @@ fn main() -> anyhow::Result<()> {
             })
             .collect();
         t_gen += t0.elapsed().as_secs_f64();
-        let t1 = Instant::now();
+        let (t1, c1) = (Instant::now(), cpu_s());
         for r in &recs {
             store.append(r)?;
         }
         t_ingest += t1.elapsed().as_secs_f64();
+        cpu_ingest += cpu_s() - c1;
         i += n;
     }
-    let t1 = Instant::now();
+    let (t1, c1) = (Instant::now(), cpu_s());
     store.flush()?;
     t_ingest += t1.elapsed().as_secs_f64();
+    cpu_ingest += cpu_s() - c1;
     println!("events:            {events}");
     println!(
         "generate+mask:     {:.0} events/s (not part of ingest)",
         events as f64 / t_gen
     );
     println!(
-        "ingest:            {:.0} events/s ({t_ingest:.2} s incl. final flush)",
-        events as f64 / t_ingest
+        "ingest:            {:.0} events/s ({t_ingest:.2} s incl. final flush; {cpu_ingest:.2} CPU s, {:.0} events per CPU second)",
+        events as f64 / t_ingest,
+        events as f64 / cpu_ingest
     );
 
     let id = Gen::identity(0).principal_arn.unwrap_or_default();
@@ -103,11 +118,12 @@ fn main() -> anyhow::Result<()> {
         t.elapsed().as_secs_f64() * 1e3,
         got.len()
     );
-    let t = Instant::now();
+    let (t, c) = (Instant::now(), cpu_s());
     let r = report::build(&store, &Filter::default())?;
     println!(
-        "full report:       {:.2} s ({} identities, {} calls)",
+        "full report:       {:.2} s ({:.2} CPU s; {} identities, {} calls)",
         t.elapsed().as_secs_f64(),
+        cpu_s() - c,
         r.identities.len(),
         r.total_calls
     );

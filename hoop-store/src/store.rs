@@ -166,6 +166,7 @@ impl Pending {
 struct WState {
     pending: Pending,
     comp: Compressor,
+    scratch: Vec<u8>,
     head: Hash,
     seq: u64,
     last_time: u64,
@@ -511,14 +512,16 @@ impl Store {
         if self.inner.read_only {
             return Err(StoreError::ReadOnly);
         }
-        let mut body = Vec::with_capacity(2048);
-        serde_json::to_writer(&mut body, rec)?;
         let summary = Summary::from_record(rec);
         let mut guard = lock(&self.inner.state);
         let st = &mut *guard;
         if st.closed {
             return Err(StoreError::Closed);
         }
+        // One reused buffer: a fresh >1 KiB allocation per event costs more than the copy.
+        let mut body = std::mem::take(&mut st.scratch);
+        body.clear();
+        serde_json::to_writer(&mut body, rec)?;
         // Keys are time-ordered but never go backwards, so log order = chain order.
         let kt = rec.time_ns.max(st.last_time);
         let key = make_key(kt, st.seq);
@@ -541,6 +544,7 @@ impl Store {
         {
             p.sealed.push(b);
         }
+        st.scratch = body;
         if p.events >= self.inner.cfg.max_batch as u64 {
             self.inner.write_pending(st)?;
         }
@@ -740,6 +744,7 @@ fn load_state(t: &Trees) -> Result<WState> {
     Ok(WState {
         pending: Pending::new(),
         comp: Compressor::default(),
+        scratch: Vec::with_capacity(4096),
         head: get_hash(&t.meta, meta::HEAD)?,
         seq: get_u64(&t.meta, meta::SEQ)?,
         last_time: get_u64(&t.meta, meta::LAST_TIME)?,
