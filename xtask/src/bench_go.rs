@@ -165,7 +165,8 @@ impl Agent {
     }
 }
 
-fn rate(client: &Path, env: &[(&str, String)], seconds: f64) -> Result<f64> {
+/// (calls per second, calls made, client pid)
+fn rate(client: &Path, env: &[(&str, String)], seconds: f64) -> Result<(f64, u64, u64)> {
     let mut cmd = Command::new(client);
     cmd.args(["bench", &seconds.to_string()])
         .stderr(Stdio::inherit());
@@ -181,7 +182,12 @@ fn rate(client: &Path, env: &[(&str, String)], seconds: f64) -> Result<f64> {
     if errors > 0 {
         eprintln!("  ({errors} failed calls in this run)");
     }
-    Ok(v["calls"].as_f64().unwrap_or(0.0) / seconds)
+    let calls = v["calls"].as_u64().unwrap_or(0);
+    Ok((
+        calls as f64 / seconds,
+        calls,
+        v["pid"].as_u64().unwrap_or(0),
+    ))
 }
 
 pub fn run(scale: f64) -> Result<()> {
@@ -225,20 +231,22 @@ pub fn run(scale: f64) -> Result<()> {
         rate(&client, &env, 0.5)?; // warm-up, not counted
         let (mut without, mut with) = (Vec::new(), Vec::new());
         let mut recorded = 0usize;
-        let mut made = 0.0;
+        let mut made = 0u64;
         for round in 0..rounds {
-            let a = rate(&client, &env, seconds)?;
+            let (a, _, _) = rate(&client, &env, seconds)?;
             let output = tmp.join(format!("calls-{round}.jsonl"));
             let ag = Agent::start(&agent, &output)?;
             ag.attached(&client)?;
-            let b = rate(&client, &env, seconds)?;
-            made += b * seconds;
+            let (b, n, pid) = rate(&client, &env, seconds)?;
+            made += n;
+            // The probes see the whole host: count this client's records only.
+            let mine = format!("\"pid\":{pid},");
             std::thread::sleep(Duration::from_millis(1500));
             drop(ag);
             recorded += std::fs::read_to_string(&output)
                 .map(|t| {
                     t.lines()
-                        .filter(|l| l.contains("GetCallerIdentity"))
+                        .filter(|l| l.contains(&mine) && l.contains("GetCallerIdentity"))
                         .count()
                 })
                 .unwrap_or(0);
@@ -257,7 +265,7 @@ pub fn run(scale: f64) -> Result<()> {
             mb / ma,
             (1.0 - mb / ma) * 100.0
         );
-        println!("records written      : {recorded} of {made:.0} calls made with the agent");
+        println!("records written      : {recorded} of {made} calls made with the agent");
     }
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
