@@ -11,7 +11,12 @@ use std::time::{Duration, Instant};
 
 pub fn bench(what: &str, scale: f64) -> Result<()> {
     match what {
-        "capture" => capture(scale),
+        // The capture benchmark covers OpenSSL clients (boto3, raw TLS writes) and Go.
+        "capture" => {
+            capture(scale)?;
+            crate::bench_go::run(scale)
+        }
+        "go" => crate::bench_go::run(scale),
         "classify" => run(cargo().args(["bench", "-p", "hoop-aws", "--bench", "classify"])),
         "store" => {
             let events = ((1_000_000.0 * scale) as u64).max(1000).to_string();
@@ -25,7 +30,7 @@ pub fn bench(what: &str, scale: f64) -> Result<()> {
             bench("classify", scale)?;
             bench("store", scale)
         }
-        other => bail!("unknown benchmark {other:?}: capture, classify, store, all"),
+        other => bail!("unknown benchmark {other:?}: capture, go, classify, store, all"),
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod aws_model;
 mod bench;
+mod bench_go;
 mod setup;
 
 use anyhow::{Context, Result, bail};
