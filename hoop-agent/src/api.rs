@@ -215,7 +215,8 @@ pub fn serve(path: &Path, router: Router) -> Result<()> {
 pub fn approval_routes(state: crate::enforce::Shared) -> Router {
     let s1 = state.clone();
     let s2 = state.clone();
-    let s3 = state;
+    let s3 = state.clone();
+    let s4 = state;
     let who = |r: &ApiRequest| -> String {
         let comm = r
             .peer_pid
@@ -242,6 +243,7 @@ pub fn approval_routes(state: crate::enforce::Shared) -> Router {
         .route("GET", "/v1/approvals", move |_| ApiResponse::ok(crate::enforce::approvals_json(&s1)))
         .route("POST", "/v1/approvals/{id}/approve", move |r| decide(&s2, r, true))
         .route("POST", "/v1/approvals/{id}/deny", move |r| d2(&s3, r, false))
+        .route("GET", "/v1/enforce/stats", move |_| ApiResponse::ok(crate::enforce::stats_json(&s4)))
 }
 
 /// Blocking client for the CLI: one request, returns (status, JSON body).

@@ -18,7 +18,7 @@ use hoop_common::{
 use hoop_event::{CallRecord, Decision};
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -127,6 +127,18 @@ pub struct State {
     /// Lines (approvals, endpoint decisions) for the output.
     pub lines: Vec<Value>,
     clock: crate::record::Clock,
+    cgroup_fd: std::fs::File,
+    sock_ops_prog: aya::programs::ProgramFd,
+    /// The sock_ops link to the cgroup2 root, once a policy has call rules.
+    sock_ops_link: Option<OwnedFd>,
+    stats_map: PerCpuArray<MapData, u64>,
+    /// `STAT_SOCKS_BUSY` when last reported.
+    busy_warned: u64,
+    /// Pods of this node (namespace, labels, service account), for Kubernetes selectors:
+    /// cgroup path → pod UID → pod. Empty outside a cluster.
+    pods: Option<Arc<hoop_identity::k8s::PodCache>>,
+    /// Access key id → principal ARN, as the identity resolver knows them, for `principals`.
+    principal_keys: Vec<(String, String)>,
 }
 
 pub type Shared = Arc<Mutex<State>>;
@@ -135,7 +147,6 @@ pub type Shared = Arc<Mutex<State>>;
 pub struct Enforcer {
     pub state: Shared,
     ring: RingBuf<MapData>,
-    stats_map: PerCpuArray<MapData, u64>,
     /// (tgid, conn) -> decisions not yet matched to a record.
     queued: HashMap<(u32, u64), VecDeque<DecisionEvent>>,
 }
@@ -179,15 +190,17 @@ pub fn start(ebpf: &mut Ebpf, opts: &EnforceOptions) -> Result<Enforcer> {
         p.attach(socks.fd()).context("attach sk_msg to ENF_SOCKS")?;
     }
     let cg = std::fs::File::open(&root).with_context(|| format!("open {}", root.display()))?;
-    {
+    // sock_ops is loaded now but attached only once a policy has call rules (see
+    // `State::ensure_sockets`): a socket can be attached to one sk_msg program only, so an
+    // agent that enforces nothing must not claim the host's sockets.
+    let sock_ops_prog = {
         let p: &mut SockOps = ebpf
             .program_mut("hoop_sock_ops")
             .ok_or_else(|| anyhow!("hoop_sock_ops missing"))?
             .try_into()?;
         p.load().context("load sock_ops")?;
-        p.attach(&cg, CgroupAttachMode::Single)
-            .context("attach sock_ops to the cgroup2 root")?;
-    }
+        p.fd()?.try_clone().context("dup sock_ops fd")?
+    };
     for name in ["hoop_connect4", "hoop_connect6"] {
         let p: &mut CgroupSockAddr = ebpf
             .program_mut(name)
@@ -211,20 +224,25 @@ pub fn start(ebpf: &mut Ebpf, opts: &EnforceOptions) -> Result<Enforcer> {
         socks,
     };
     let ring: RingBuf<MapData> = take(ebpf, "ENF_EVENTS")?;
-    let stats_map: PerCpuArray<MapData, u64> = take(ebpf, "ENF_STATS")?;
     let mut st = State {
         maps,
         written: Written::default(),
         policy: None,
         cgroup_root: root.clone(),
+        cgroup_fd: cg.try_clone().context("dup cgroup fd")?,
+        sock_ops_prog,
+        sock_ops_link: None,
+        stats_map: take(ebpf, "ENF_STATS")?,
+        busy_warned: 0,
+        pods: None,
+        principal_keys: Vec::new(),
         stats: opts.stats,
         approvals: Vec::new(),
         next_id: 1,
         lines: Vec::new(),
         clock: crate::record::Clock::new(),
     };
-    let adopted = st.adopt_existing_sockets();
-    info!(cgroup2 = %root.display(), adopted, "enforcement attached");
+    info!(cgroup2 = %root.display(), "enforcement loaded");
     let path = opts
         .policy
         .clone()
@@ -245,11 +263,11 @@ pub fn start(ebpf: &mut Ebpf, opts: &EnforceOptions) -> Result<Enforcer> {
         .name("hoop-policy".into())
         .spawn(move || policy_loop(s2, path, mtime))
         .context("spawn policy thread")?;
-    crate::api::serve(&opts.api_socket, crate::api::approval_routes(shared.clone()))?;
+    // The approval routes are served by the agent with the other API routes
+    // (`crate::api::approval_routes(enforcer.state.clone())`).
     Ok(Enforcer {
         state: shared,
         ring,
-        stats_map,
         queued: HashMap::new(),
     })
 }
@@ -286,6 +304,7 @@ fn policy_loop(state: Shared, path: Option<PathBuf>, mut mtime: Option<SystemTim
         }
         st.refresh_workloads();
         st.expire_holds();
+        st.check_busy();
     }
 }
 
@@ -472,6 +491,7 @@ impl State {
         self.policy = Some(c);
         self.refresh_workloads();
         self.write_config();
+        self.ensure_sockets();
     }
 
     /// Re-resolves workload selectors (new cgroups, new processes) into the maps.
@@ -576,11 +596,14 @@ impl State {
     }
 
     /// Adopts established TCP sockets of running processes into the SockHash.
-    fn adopt_existing_sockets(&mut self) -> usize {
+    /// Returns (adopted, busy): busy sockets are attached to another sk_msg program.
+    fn adopt_existing_sockets(&mut self) -> (usize, usize) {
         let established = established_inodes();
         let me = std::process::id();
         let mut n = 0;
-        let Ok(rd) = std::fs::read_dir("/proc") else { return 0 };
+        let mut busy = 0;
+        let mut seen: BTreeSet<u64> = self.maps.socks.keys().flatten().collect();
+        let Ok(rd) = std::fs::read_dir("/proc") else { return (0, 0) };
         for e in rd.flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
@@ -635,12 +658,21 @@ impl State {
                         &mut len,
                     )
                 } == 0;
-                if ok && self.maps.socks.insert(&cookie, dup.as_raw_fd(), 0).is_ok() {
-                    n += 1;
+                if !ok || !seen.insert(cookie) {
+                    continue;
+                }
+                match self.maps.socks.insert(&cookie, dup.as_raw_fd(), 0) {
+                    Ok(()) => n += 1,
+                    Err(aya::maps::MapError::SyscallError(e))
+                        if e.io_error.raw_os_error() == Some(libc::EBUSY) =>
+                    {
+                        busy += 1
+                    }
+                    Err(_) => {}
                 }
             }
         }
-        n
+        (n, busy)
     }
 
     fn expire_holds(&mut self) {
@@ -769,9 +801,11 @@ pub struct KernelStats {
     pub classified: u64,
     pub lost_events: u64,
     pub connect_denied: u64,
+    pub socks_added: u64,
+    pub socks_busy: u64,
 }
 
-impl Enforcer {
+impl State {
     pub fn kernel_stats(&self) -> KernelStats {
         let sum = |i: u32| -> u64 {
             self.stats_map
@@ -786,7 +820,106 @@ impl Enforcer {
             classified: sum(enf::STAT_CLASSIFIED),
             lost_events: sum(enf::STAT_LOST_EVENTS),
             connect_denied: sum(enf::STAT_CONNECT_DENIED),
+            socks_added: sum(enf::STAT_SOCKS_ADDED),
+            socks_busy: sum(enf::STAT_SOCKS_BUSY),
         }
+    }
+
+    /// Attaches sock_ops (once) when the policy has call rules, then adopts the sockets that
+    /// were established before. Called after every apply.
+    fn ensure_sockets(&mut self) {
+        let needed = self.policy.as_ref().is_some_and(|p| !p.krules.is_empty());
+        if !needed || self.sock_ops_link.is_some() {
+            return;
+        }
+        match link_create(
+            self.sock_ops_prog.as_fd().as_raw_fd(),
+            self.cgroup_fd.as_raw_fd(),
+            BPF_CGROUP_SOCK_OPS,
+        ) {
+            Ok(fd) => self.sock_ops_link = Some(fd),
+            Err(e) => {
+                error!("attach sock_ops to {}: {e}; calls cannot be blocked", self.cgroup_root.display());
+                return;
+            }
+        }
+        let (adopted, busy) = self.adopt_existing_sockets();
+        info!(adopted, busy, "socket enforcement attached");
+        if busy > 0 {
+            warn!(
+                busy,
+                "established sockets already belong to another sk_msg program (a second enforcing \
+                 agent on this host?): sends on them are not enforced by this agent"
+            );
+        }
+    }
+
+    /// Warns when sock_ops could not add new sockets (see `STAT_SOCKS_BUSY`).
+    fn check_busy(&mut self) {
+        if self.sock_ops_link.is_none() {
+            return;
+        }
+        let busy = self.kernel_stats().socks_busy;
+        if busy > self.busy_warned {
+            warn!(
+                new = busy - self.busy_warned,
+                total = busy,
+                "new sockets already belong to another sk_msg program (a second enforcing agent \
+                 on this host?): sends on them are not enforced by this agent"
+            );
+            self.busy_warned = busy;
+        }
+    }
+}
+
+/// `BPF_CGROUP_SOCK_OPS` (uapi `enum bpf_attach_type`).
+const BPF_CGROUP_SOCK_OPS: u32 = 3;
+
+/// `bpf(BPF_LINK_CREATE)` for a cgroup program: the link detaches when the fd is closed.
+fn link_create(prog_fd: i32, target_fd: i32, attach_type: u32) -> std::io::Result<OwnedFd> {
+    const BPF_LINK_CREATE: libc::c_long = 28;
+    // union bpf_attr, link_create: prog_fd, target_fd, attach_type, flags (u32 each).
+    let mut attr = [0u32; 16];
+    attr[0] = prog_fd as u32;
+    attr[1] = target_fd as u32;
+    attr[2] = attach_type;
+    // SAFETY: a zeroed, large-enough bpf_attr; the result is checked.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_CREATE,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr) as u32,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
+}
+
+/// Kernel enforcement counters as JSON (`GET /v1/enforce/stats`).
+pub fn stats_json(state: &Shared) -> Value {
+    let Ok(s) = state.lock() else { return json!({}) };
+    let k = s.kernel_stats();
+    json!({
+        "decisions": k.decisions,
+        "decision_ns": k.decision_ns,
+        "decision_ns_avg": if k.decisions > 0 { k.decision_ns as f64 / k.decisions as f64 } else { 0.0 },
+        "drops": k.drops,
+        "classified": k.classified,
+        "lost_events": k.lost_events,
+        "connect_denied": k.connect_denied,
+        "socks_added": k.socks_added,
+        "socks_busy": k.socks_busy,
+        "sock_ops_attached": s.sock_ops_link.is_some(),
+    })
+}
+
+impl Enforcer {
+    pub fn kernel_stats(&self) -> KernelStats {
+        self.state.lock().map(|s| s.kernel_stats()).unwrap_or_default()
     }
 
     /// Drains kernel decision events.

@@ -226,6 +226,11 @@ pub mod enf {
     pub const STAT_CLASSIFIED: u32 = 3;
     pub const STAT_LOST_EVENTS: u32 = 4;
     pub const STAT_CONNECT_DENIED: u32 = 5;
+    /// Sockets the sock_ops program added to `ENF_SOCKS`.
+    pub const STAT_SOCKS_ADDED: u32 = 6;
+    /// Sockets it could not add: already attached to another sk_msg program (a second
+    /// enforcing agent on the host owns them), or the map is full. Their sends are not enforced.
+    pub const STAT_SOCKS_BUSY: u32 = 7;
     pub const STAT_COUNT: u32 = 8;
 
     /// One FNV-1a step.

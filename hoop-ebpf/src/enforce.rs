@@ -1003,7 +1003,13 @@ pub fn hoop_sock_ops(ctx: SockOpsContext) -> u32 {
         // SAFETY: the context is a valid bpf_sock_ops for the duration of the program.
         let ops: &mut bpf_sock_ops = unsafe { &mut *ctx.ops };
         let mut cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
-        let _ = ENF_SOCKS.update(&mut cookie, ops, BPF_ANY as u64);
+        // Fails with EBUSY when the socket is already attached to another sk_msg program
+        // (a second agent that attached first): counted, so the agent can say so.
+        if ENF_SOCKS.update(&mut cookie, ops, BPF_ANY as u64).is_ok() {
+            stat(enf::STAT_SOCKS_ADDED, 1);
+        } else {
+            stat(enf::STAT_SOCKS_BUSY, 1);
+        }
     }
     1
 }
