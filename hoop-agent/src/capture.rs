@@ -381,9 +381,26 @@ impl Assembler {
                 .front()
                 .is_some_and(|p| now.saturating_sub(p.ts) > cfg.response_timeout_ns)
             {
-                if let Some(p) = conn.pending.pop_front() {
-                    self.stats.unanswered += 1;
-                    out.push(unanswered(*key, p));
+                let Some(p) = conn.pending.pop_front() else {
+                    break;
+                };
+                // A response whose body the application never finished reading still says
+                // how the call ended.
+                match conn.responses.take_partial().filter(|m| m.head.status >= 200) {
+                    Some(msg) => out.push(Exchange {
+                        key: *key,
+                        origin: p.origin,
+                        request_ts: p.ts,
+                        response_ts: Some(conn.last_ts),
+                        request: p.msg,
+                        response: Some(msg),
+                        source: p.source,
+                        http2: false,
+                    }),
+                    None => {
+                        self.stats.unanswered += 1;
+                        out.push(unanswered(*key, p));
+                    }
                 }
             }
             if let Some(h2) = conn.h2.as_mut() {
@@ -423,6 +440,9 @@ impl Assembler {
         }
         let mut msgs = Vec::new();
         conn.responses.close(&mut msgs);
+        if msgs.is_empty() {
+            msgs.extend(conn.responses.take_partial());
+        }
         for msg in msgs {
             if msg.head.status >= 200
                 && let Some(p) = conn.pending.pop_front()
@@ -626,6 +646,27 @@ mod tests {
         a.expire(100, &mut out);
         assert_eq!(out.len(), 1);
         assert!(out[0].response.is_none());
+    }
+
+    #[test]
+    fn response_body_never_read_still_pairs() {
+        let mut a = Assembler::new(CaptureConfig {
+            response_timeout_ns: 10,
+            ..Default::default()
+        });
+        let mut out = Vec::new();
+        a.push_bytes(&record(41, 3, DIR_WRITE, 1, REQ), &mut out);
+        // Head and 2 of 1000 body bytes read, then the application stops reading.
+        a.push_bytes(
+            &record(41, 3, DIR_READ, 2, b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nab"),
+            &mut out,
+        );
+        a.expire(100, &mut out);
+        assert_eq!(out.len(), 1);
+        let resp = out[0].response.as_ref().expect("partial response kept");
+        assert_eq!(resp.head.status, 200);
+        assert!(resp.body_gap);
+        assert_eq!(a.stats().unanswered, 0);
     }
 
     #[test]

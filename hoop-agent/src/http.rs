@@ -276,6 +276,20 @@ impl Http1Stream {
         }
     }
 
+    /// Takes out a message whose head was parsed but whose body never completed (the
+    /// application stopped reading, the connection ended or went idle). The stream starts over.
+    pub fn take_partial(&mut self) -> Option<Message> {
+        if matches!(self.state, State::Head) {
+            return None;
+        }
+        self.state = State::Head;
+        self.buf.clear();
+        self.current.take().map(|mut m| {
+            m.body_gap = true;
+            m
+        })
+    }
+
     /// The connection closed: a response delimited by close is complete now.
     pub fn close(&mut self, out: &mut Vec<Message>) {
         if matches!(self.state, State::Body(Body::UntilClose)) {

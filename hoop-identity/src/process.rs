@@ -304,6 +304,9 @@ fn parse_status(text: &str) -> (Option<String>, Option<u32>, Option<u32>) {
     (name, ppid, uid)
 }
 
+/// Flags whose value is `user:password` (curl, wget, many HTTP tools).
+const USER_FLAGS: &[&str] = &["--user", "-u", "--proxy-user", "-U", "--http-password"];
+
 /// Flag and variable names whose values are never kept in a command line.
 const SECRET_WORDS: &[&str] = &["secret", "token", "password", "passwd", "credential"];
 
@@ -321,11 +324,30 @@ fn is_secret_name(name: &str) -> bool {
 pub fn format_cmdline(raw: &[u8], max: usize) -> String {
     let mut out = String::new();
     let mut redact_next = false;
+    let mut user_next = false;
     for arg in raw.split(|b| *b == 0).filter(|a| !a.is_empty()) {
         let arg = String::from_utf8_lossy(arg);
         let word = if redact_next {
             redact_next = false;
             "***".to_string()
+        } else if user_next {
+            // curl-style `--user NAME:PASSWORD`: keep the name (often an access key id).
+            user_next = false;
+            match arg.split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None => arg.into_owned(),
+            }
+        } else if let Some(v) = USER_FLAGS
+            .iter()
+            .find_map(|f| arg.strip_prefix(f).and_then(|r| r.strip_prefix('=')))
+        {
+            match v.split_once(':') {
+                Some((user, _)) => format!("{}={user}:***", &arg[..arg.len() - v.len() - 1]),
+                None => arg.into_owned(),
+            }
+        } else if USER_FLAGS.contains(&arg.as_ref()) {
+            user_next = true;
+            arg.into_owned()
         } else if let Some((k, _)) = arg.split_once('=').filter(|(k, _)| is_secret_name(k)) {
             format!("{k}=***")
         } else {
@@ -745,6 +767,10 @@ mod tests {
         let s = format_cmdline(long.as_bytes(), 1024);
         assert!(s.len() <= 1024);
         assert_eq!(format_cmdline(b"", 10), "");
+        assert_eq!(
+            format_cmdline(b"curl\0--user\0AKIA1:s3cr3t\0-u\0bob\0--user=AKIA2:pw\0", 1024),
+            "curl --user AKIA1:*** -u bob --user=AKIA2:***"
+        );
         assert_eq!(format_cmdline(b"\xff\xfe\0x", 10), "\u{fffd}\u{fffd} x");
     }
 
