@@ -137,6 +137,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         enforcer,
     };
 
+    if let Some(e) = ev.enforcer.as_mut() {
+        e.sync_identity(&ev.identity);
+    }
     let mut tls = poll(tls_ring)?;
     let mut proc = poll(proc_ring)?;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -376,6 +379,7 @@ impl EventLoop {
 
     fn emit(&mut self, sink: &mut Sink) -> Result<()> {
         if let Some(e) = self.enforcer.as_mut() {
+            e.sync_identity(&self.identity);
             e.poll();
         }
         for ex in std::mem::take(&mut self.exchanges) {

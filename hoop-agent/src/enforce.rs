@@ -16,6 +16,7 @@ use hoop_common::{
     WlKey, enf,
 };
 use hoop_event::{CallRecord, Decision};
+use hoop_identity::k8s::{PodCache, PodMeta};
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -136,7 +137,7 @@ pub struct State {
     busy_warned: u64,
     /// Pods of this node (namespace, labels, service account), for Kubernetes selectors:
     /// cgroup path → pod UID → pod. Empty outside a cluster.
-    pods: Option<Arc<hoop_identity::k8s::PodCache>>,
+    pods: Option<Arc<PodCache>>,
     /// Access key id → principal ARN, as the identity resolver knows them, for `principals`.
     principal_keys: Vec<(String, String)>,
 }
@@ -149,6 +150,9 @@ pub struct Enforcer {
     ring: RingBuf<MapData>,
     /// (tgid, conn) -> decisions not yet matched to a record.
     queued: HashMap<(u32, u64), VecDeque<DecisionEvent>>,
+    /// Principal map size and time at the last `principals` refresh.
+    principals_seen: usize,
+    principals_at: std::time::Instant,
 }
 
 /// The cgroup2 mount point, from /proc/self/mountinfo.
@@ -269,6 +273,8 @@ pub fn start(ebpf: &mut Ebpf, opts: &EnforceOptions) -> Result<Enforcer> {
         state: shared,
         ring,
         queued: HashMap::new(),
+        principals_seen: usize::MAX,
+        principals_at: std::time::Instant::now(),
     })
 }
 
@@ -336,8 +342,36 @@ fn proc_cgroup(pid: u32) -> Option<String> {
     t.lines().find_map(|l| l.strip_prefix("0::").map(str::to_string))
 }
 
-/// Resolves a workload selector to cgroup ids and (for exe selectors) tgids.
-fn resolve(w: &Workload, all: &[(String, u64)]) -> (BTreeSet<u64>, BTreeSet<u32>) {
+/// Does a pod satisfy the Kubernetes selectors of `w` (namespace and service account globs,
+/// every label equal)? A pod without `serviceAccountName` runs as `default`.
+pub fn pod_matches(w: &Workload, pod: &PodMeta) -> bool {
+    let ns = w.namespace.list();
+    if !ns.is_empty() && !ns.iter().any(|g| policy::glob(g, &pod.namespace)) {
+        return false;
+    }
+    let sas = w.service_account.list();
+    let sa = pod.service_account.as_deref().unwrap_or("default");
+    if !sas.is_empty() && !sas.iter().any(|g| policy::glob(g, sa)) {
+        return false;
+    }
+    w.pod_labels
+        .iter()
+        .all(|(k, v)| pod.labels.get(k).is_some_and(|pv| pv == v))
+}
+
+/// The pod a cgroup path belongs to: pod UID from the path, else its container id.
+fn pod_of(pods: &PodCache, rel: &str) -> Option<Arc<PodMeta>> {
+    let info = hoop_identity::cgroup::parse_cgroup_path(rel);
+    info.pod_uid
+        .as_deref()
+        .and_then(|u| pods.by_uid(u))
+        .or_else(|| info.container_id.as_deref().and_then(|c| pods.by_container(c)))
+}
+
+/// Resolves a workload selector to cgroup ids and (for exe selectors) tgids. Kubernetes
+/// selectors go through the pod cache (cgroup path → pod UID → pod); without pods they
+/// select nothing.
+fn resolve(w: &Workload, all: &[(String, u64)], pods: Option<&PodCache>) -> (BTreeSet<u64>, BTreeSet<u32>) {
     let mut cgs = BTreeSet::new();
     let prefixes = w.cgroup.list();
     let containers = w.container.list();
@@ -352,8 +386,8 @@ fn resolve(w: &Workload, all: &[(String, u64)]) -> (BTreeSet<u64>, BTreeSet<u32>
                 rel == p || rel.starts_with(&format!("{}/", p.trim_end_matches('/')))
             });
         let con = containers.is_empty() || containers.iter().any(|c| c.len() >= 12 && rel.contains(c.as_str()));
-        // Kubernetes selectors need the pod cache (identity); unresolved here they select nothing.
-        pre && con && !k8s
+        let pod = !k8s || pods.and_then(|p| pod_of(p, rel)).is_some_and(|pod| pod_matches(w, &pod));
+        pre && con && pod
     };
     if has_cg_sel {
         for (rel, id) in all {
@@ -384,6 +418,39 @@ fn resolve(w: &Workload, all: &[(String, u64)]) -> (BTreeSet<u64>, BTreeSet<u32>
         cgs.clear();
     }
     (cgs, pids)
+}
+
+/// ARNs a principal glob is tried against: the ARN, and for an STS assumed-role session
+/// (`arn:P:sts::A:assumed-role/R/S`) also its role (`arn:P:iam::A:role/R`).
+pub fn principal_forms(arn: &str) -> Vec<String> {
+    let mut v = vec![arn.to_string()];
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    if parts.len() == 6 && parts[2] == "sts" {
+        if let Some(rest) = parts[5].strip_prefix("assumed-role/") {
+            if let Some((role, _session)) = rest.rsplit_once('/') {
+                v.push(format!("arn:{}:iam::{}:role/{role}", parts[1], parts[4]));
+            }
+        }
+    }
+    v
+}
+
+/// The access keys a rule is enforced for (empty when it names neither keys nor principals).
+pub fn rule_keys(r: &policy::CompiledRule, known: &[(String, String)]) -> BTreeSet<String> {
+    let explicit: BTreeSet<String> = r.access_keys.iter().cloned().collect();
+    if r.principals.is_empty() {
+        return explicit;
+    }
+    known
+        .iter()
+        .filter(|(_, arn)| {
+            principal_forms(arn)
+                .iter()
+                .any(|f| r.principals.iter().any(|g| policy::glob(g, f)))
+        })
+        .map(|(k, _)| k.clone())
+        .filter(|k| explicit.is_empty() || explicit.contains(k))
+        .collect()
 }
 
 fn fnv(s: &str) -> u64 {
@@ -421,7 +488,7 @@ impl State {
             if r.workload.is_scoped() {
                 flags |= enf::RF_WORKLOAD;
             }
-            if !r.access_keys.is_empty() {
+            if !r.access_keys.is_empty() || !r.principals.is_empty() {
                 flags |= enf::RF_AKID;
             }
             if r.hold {
@@ -467,16 +534,29 @@ impl State {
             let _ = self.maps.actions.remove(k);
         }
         self.written.actions = keys;
-        // Access keys.
+        self.policy = Some(c);
+        self.write_akids();
+        self.refresh_workloads();
+        self.write_config();
+        self.ensure_sockets();
+    }
+
+    /// Writes each rule's access keys: its `access_keys`, and for `principals` the keys the
+    /// identity resolver knows for matching principal ARNs (both given: keys in both).
+    fn write_akids(&mut self) {
+        let Some(c) = self.policy.clone() else { return };
         let mut ak = BTreeSet::new();
         for (slot, kr) in c.krules.iter().enumerate() {
-            for a in &c.rules[kr.rule].access_keys {
+            let r = &c.rules[kr.rule];
+            for a in rule_keys(r, &self.principal_keys) {
                 let key = AkidKey {
-                    akid: fnv(a),
+                    akid: fnv(&a),
                     rule: slot as u32,
                     _pad: 0,
                 };
-                let _ = self.maps.akids.insert(&key, &1, 0);
+                if !self.written.akids.contains(&(key.akid, key.rule)) {
+                    let _ = self.maps.akids.insert(&key, &1, 0);
+                }
                 ak.insert((key.akid, key.rule));
             }
         }
@@ -488,15 +568,28 @@ impl State {
             });
         }
         self.written.akids = ak;
-        self.policy = Some(c);
+    }
+
+    /// The pod cache for Kubernetes selectors (re-resolved at once).
+    pub fn set_pods(&mut self, pods: Arc<PodCache>) {
+        self.pods = Some(pods);
         self.refresh_workloads();
-        self.write_config();
-        self.ensure_sockets();
+    }
+
+    /// New (access key, principal ARN) pairs from the identity resolver.
+    pub fn set_principal_keys(&mut self, mut keys: Vec<(String, String)>) {
+        keys.sort_unstable();
+        if keys != self.principal_keys {
+            self.principal_keys = keys;
+            self.write_akids();
+        }
     }
 
     /// Re-resolves workload selectors (new cgroups, new processes) into the maps.
     fn refresh_workloads(&mut self) {
         let Some(c) = self.policy.clone() else { return };
+        let pods = self.pods.clone();
+        let pods = pods.as_deref();
         let all = if c.needs_workload() {
             cgroups(&self.cgroup_root)
         } else {
@@ -513,7 +606,7 @@ impl State {
             }
             let (cgs, pids) = cache
                 .entry(kr.rule)
-                .or_insert_with(|| resolve(&r.workload, &all))
+                .or_insert_with(|| resolve(&r.workload, &all, pods))
                 .clone();
             for cg in cgs {
                 wl.insert((cg, slot as u32, enf::WL_CGROUP));
@@ -553,7 +646,7 @@ impl State {
             }
             let rule_idx = c.rules.iter().position(|r| r.name == e.name).unwrap_or(10_000 + i) as u32;
             let cgs: Vec<u64> = if e.workload.is_scoped() {
-                resolve(&e.workload, &all).0.into_iter().collect()
+                resolve(&e.workload, &all, pods).0.into_iter().collect()
             } else {
                 vec![0]
             };
@@ -918,6 +1011,29 @@ pub fn stats_json(state: &Shared) -> Value {
 }
 
 impl Enforcer {
+    /// Connects the identity resolver: its pod cache resolves Kubernetes selectors, its
+    /// principal map the `principals` selectors (re-read when it learns keys, at least every
+    /// second while a rule names principals). Called from the event loop.
+    pub fn sync_identity(&mut self, id: &hoop_identity::Resolver) {
+        let Ok(mut st) = self.state.lock() else { return };
+        if st.pods.is_none() {
+            st.set_pods(id.pods().clone());
+        }
+        let wants = st
+            .policy
+            .as_ref()
+            .is_some_and(|p| p.rules.iter().any(|r| !r.principals.is_empty()));
+        if !wants {
+            return;
+        }
+        let n = id.principals().len();
+        if n != self.principals_seen || self.principals_at.elapsed() > Duration::from_secs(1) {
+            self.principals_seen = n;
+            self.principals_at = std::time::Instant::now();
+            st.set_principal_keys(id.principals().keys_with_arns());
+        }
+    }
+
     pub fn kernel_stats(&self) -> KernelStats {
         self.state.lock().map(|s| s.kernel_stats()).unwrap_or_default()
     }
@@ -1158,4 +1274,146 @@ pub fn approvals_json(state: &Shared) -> Value {
         .map(|s| s.approvals.iter().map(Approval::to_json).collect())
         .unwrap_or_default();
     json!({ "approvals": list })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    const UID_A: &str = "2a3b4c5d-1111-2222-3333-444455556666";
+    const UID_B: &str = "9f8e7d6c-aaaa-bbbb-cccc-ddddeeeeffff";
+    const CID_A: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn pod(uid: &str, ns: &str, sa: Option<&str>, labels: &[(&str, &str)], containers: &[&str]) -> PodMeta {
+        PodMeta {
+            uid: uid.into(),
+            namespace: ns.into(),
+            name: format!("p-{ns}"),
+            service_account: sa.map(str::to_string),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            container_ids: containers.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+
+    /// A fake node: two pods (systemd and cgroupfs layouts) and a host service.
+    fn node() -> (Arc<PodCache>, Vec<(String, u64)>) {
+        let pods = Arc::new(PodCache::default());
+        pods.upsert(pod(UID_A, "ai-agents", Some("runner"), &[("app", "llm"), ("tier", "x")], &[CID_A]));
+        pods.upsert(pod(UID_B, "default", None, &[("app", "web")], &[]));
+        let ua = UID_A.replace('-', "_");
+        let all = vec![
+            ("/kubepods.slice".to_string(), 10),
+            (format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{ua}.slice"), 11),
+            (
+                format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{ua}.slice/cri-containerd-{CID_A}.scope"),
+                12,
+            ),
+            (format!("/kubepods/besteffort/pod{UID_B}"), 20),
+            (format!("/kubepods/besteffort/pod{UID_B}/{}", "f".repeat(64)), 21),
+            ("/system.slice/ssh.service".to_string(), 30),
+        ];
+        (pods, all)
+    }
+
+    fn wl(y: &str) -> Workload {
+        serde_yaml::from_str(y).unwrap_or_else(|e| panic!("{y}: {e}"))
+    }
+
+    fn ids(w: &Workload, pods: Option<&PodCache>) -> Vec<u64> {
+        let (_, all) = node();
+        resolve(w, &all, pods).0.into_iter().collect()
+    }
+
+    #[test]
+    fn kubernetes_selectors_resolve_through_the_pod_cache() {
+        let (pods, _) = node();
+        let p = Some(&*pods);
+        assert_eq!(ids(&wl("namespace: ai-agents"), p), vec![11, 12]);
+        assert_eq!(ids(&wl("namespace: [\"ai-*\", default]"), p), vec![11, 12, 20, 21]);
+        assert_eq!(ids(&wl("pod_labels: {app: llm}"), p), vec![11, 12]);
+        assert_eq!(ids(&wl("labels: {app: llm, tier: y}"), p), Vec::<u64>::new());
+        assert_eq!(ids(&wl("service_account: runner"), p), vec![11, 12]);
+        // No serviceAccountName: the pod runs as `default`.
+        assert_eq!(ids(&wl("service_account: default"), p), vec![20, 21]);
+        // All selectors must hold.
+        assert_eq!(ids(&wl("{namespace: default, pod_labels: {app: llm}}"), p), Vec::<u64>::new());
+        assert_eq!(ids(&wl("{namespace: ai-agents, cgroup: /kubepods.slice/kubepods-burstable.slice}"), p), vec![11, 12]);
+        assert_eq!(ids(&wl("{namespace: ai-agents, container: 0123456789abcdef}"), p), vec![12]);
+        // Without a pod cache (not in a cluster) they select nothing, never everything.
+        assert_eq!(ids(&wl("namespace: ai-agents"), None), Vec::<u64>::new());
+        // A pod that appears later is picked up by the next resolution.
+        let uc = "11111111-2222-3333-4444-555555555555";
+        pods.upsert(pod(uc, "ai-agents", None, &[], &[]));
+        let mut all = node().1;
+        all.push((format!("/kubepods/pod{uc}"), 40));
+        let got: Vec<u64> = resolve(&wl("namespace: ai-agents"), &all, p).0.into_iter().collect();
+        assert_eq!(got, vec![11, 12, 40]);
+    }
+
+    #[test]
+    fn pod_found_by_container_id_when_the_path_has_no_pod_uid() {
+        let pods = PodCache::default();
+        pods.upsert(pod(UID_A, "ai-agents", None, &[], &[CID_A]));
+        let all = vec![(format!("/system.slice/docker-{CID_A}.scope"), 5)];
+        let got: Vec<u64> = resolve(&wl("namespace: ai-agents"), &all, Some(&pods)).0.into_iter().collect();
+        assert_eq!(got, vec![5]);
+    }
+
+    fn rule(keys: &[&str], principals: &[&str]) -> policy::CompiledRule {
+        policy::CompiledRule {
+            name: "r".into(),
+            effect: Effect::Deny,
+            hold: false,
+            grant_ttl_secs: 0,
+            hold_timeout_secs: 0,
+            workload: Workload::default(),
+            access_keys: keys.iter().map(|k| k.to_string()).collect(),
+            principals: principals.iter().map(|k| k.to_string()).collect(),
+            operations: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn principals_are_enforced_through_their_known_keys() {
+        let pm = hoop_identity::principal::PrincipalMap::new(hoop_identity::principal::PrincipalConfig {
+            static_keys: BTreeMap::from([
+                ("AKIAAGENT0000000001".to_string(), "arn:aws:iam::123456789012:role/agent-a".to_string()),
+                ("AKIAHUMAN0000000001".to_string(), "arn:aws:iam::123456789012:user/alice".to_string()),
+            ])
+            .into_iter()
+            .collect(),
+            ..Default::default()
+        });
+        let mut known = pm.keys_with_arns();
+        known.push((
+            "ASIASESSION00000001".into(),
+            "arn:aws:sts::123456789012:assumed-role/agent-b/session-1".into(),
+        ));
+        let r = rule(&[], &["arn:aws:iam::*:role/agent-*"]);
+        let got = rule_keys(&r, &known);
+        assert_eq!(
+            got.into_iter().collect::<Vec<_>>(),
+            vec!["AKIAAGENT0000000001".to_string(), "ASIASESSION00000001".to_string()]
+        );
+        // Session ARNs match directly too.
+        let r = rule(&[], &["arn:aws:sts::*:assumed-role/agent-b/*"]);
+        assert_eq!(rule_keys(&r, &known).len(), 1);
+        // Both given: keys that satisfy both.
+        let r = rule(&["AKIAHUMAN0000000001", "AKIAAGENT0000000001"], &["*:role/agent-*"]);
+        assert_eq!(rule_keys(&r, &known).into_iter().collect::<Vec<_>>(), vec!["AKIAAGENT0000000001".to_string()]);
+        // No principal known yet: the rule has no keys (matches nothing until one is learned).
+        assert!(rule_keys(&rule(&[], &["arn:aws:iam::*:role/other"]), &known).is_empty());
+        // access_keys alone.
+        assert_eq!(rule_keys(&rule(&["AKIAX0000000000001"], &[]), &[]).len(), 1);
+    }
+
+    #[test]
+    fn assumed_role_forms() {
+        assert_eq!(
+            principal_forms("arn:aws:sts::123456789012:assumed-role/ci/s1"),
+            vec!["arn:aws:sts::123456789012:assumed-role/ci/s1", "arn:aws:iam::123456789012:role/ci"]
+        );
+        assert_eq!(principal_forms("arn:aws:iam::1:user/u"), vec!["arn:aws:iam::1:user/u"]);
+    }
 }

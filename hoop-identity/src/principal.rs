@@ -259,6 +259,17 @@ impl PrincipalMap {
         })
     }
 
+    /// Every key whose principal ARN is known, with that ARN (policy `principals` selectors
+    /// are enforced through the keys of the matching principals).
+    pub fn keys_with_arns(&self) -> Vec<(String, String)> {
+        let inner = self.read();
+        inner
+            .keys
+            .keys()
+            .filter_map(|k| Some((k.clone(), Self::resolve_arn(&inner, k, 0)?)))
+            .collect()
+    }
+
     /// Number of keys known.
     pub fn len(&self) -> usize {
         self.read().keys.len()
