@@ -37,6 +37,17 @@ fn one<'a>(
     r
 }
 
+/// The record names this resource ARN (exactly, or ending with `suffix` when it starts with
+/// `*`).
+fn has_resource(r: &Value, arn: &str) {
+    let list = r["aws"]["resources"].as_array().cloned().unwrap_or_default();
+    let found = list.iter().filter_map(|v| v.as_str()).any(|a| match arn.strip_prefix('*') {
+        Some(suffix) => a.ends_with(suffix),
+        None => a == arn,
+    });
+    assert!(found, "resource {arn} not in {r}");
+}
+
 fn no_secrets(agent: &Agent) {
     let raw = std::fs::read_to_string(&agent.output).unwrap_or_default();
     assert!(!raw.contains(SECRET_ACCESS_KEY), "secret key in output");
@@ -64,14 +75,20 @@ fn boto3_calls_are_captured_once_each() -> anyhow::Result<()> {
         is_call(r, "PUT", &format!("/{bucket}"))
     });
     assert_eq!(r["aws"]["signing_service"], "s3");
+    assert_eq!(r["aws"]["read_only"], false);
+    has_resource(r, &format!("arn:aws:s3:::{bucket}"));
     assert_eq!(r["process"]["pid"], pid);
     assert!(r["process"]["comm"].as_str().is_some_and(|c| c.starts_with("python")));
-    one(&recs, "boto3 put object", "s3", "PutObject", |r| is_call(r, "PUT", &key_path));
-    one(&recs, "boto3 get object", "s3", "GetObject", |r| is_call(r, "GET", &key_path));
+    let put = one(&recs, "boto3 put object", "s3", "PutObject", |r| is_call(r, "PUT", &key_path));
+    has_resource(put, &format!("arn:aws:s3:::{bucket}/hello.txt"));
+    let get = one(&recs, "boto3 get object", "s3", "GetObject", |r| is_call(r, "GET", &key_path));
+    has_resource(get, &format!("arn:aws:s3:::{bucket}/hello.txt"));
+    assert_eq!(get["aws"]["read_only"], true);
     let l = one(&recs, "boto3 list objects", "s3", "ListObjectsV2", |r| {
         is_call(r, "GET", &format!("/{bucket}"))
     });
     assert_eq!(l["aws"]["iam_action"], "s3:ListBucket");
+    has_resource(l, &format!("arn:aws:s3:::{bucket}"));
     let p = one(&recs, "boto3 PutItem", "dynamodb", "PutItem", |r| {
         is_call(r, "POST", "/") && target_is(r, "DynamoDB_20120810.PutItem")
     });
@@ -87,9 +104,11 @@ fn boto3_calls_are_captured_once_each() -> anyhow::Result<()> {
     });
     assert_eq!(s["aws"]["signing_service"], "sts");
     one(&recs, "boto3 ListUsers", "iam", "ListUsers", |r| is_call(r, "POST", "/"));
-    one(&recs, "boto3 GetSecretValue", "secretsmanager", "GetSecretValue", |r| {
+    let sv = one(&recs, "boto3 GetSecretValue", "secretsmanager", "GetSecretValue", |r| {
         target_is(r, "secretsmanager.GetSecretValue")
     });
+    has_resource(sv, &format!("*:secret:{}", info["secret"].as_str().unwrap_or("-")));
+    assert_eq!(sv["aws"]["iam_action"], "secretsmanager:GetSecretValue");
     // Every record of this process is an AWS call it made, each with a request id.
     for r in &recs {
         assert!(r["response"]["request_id"].is_string(), "request id in {r}");
