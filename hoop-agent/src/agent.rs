@@ -45,6 +45,8 @@ pub struct RunOptions {
     pub metrics_identity_cap: usize,
     /// Local API socket (reviewer commands, approvals).
     pub api_socket: PathBuf,
+    /// Optional TCP API with TLS and client certificates.
+    pub api_tls: Option<crate::config::ApiTlsSection>,
     /// Policy enforcement (issue 6); `None` = capture only.
     pub enforce: Option<crate::enforce::EnforceOptions>,
 }
@@ -91,8 +93,16 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             warn!(file = %t.path, "attach failed: {e:#}");
         }
     }
-    if enforcer.is_none() {
-        crate::api::serve(&opts.api_socket, crate::audit::routes(audit.store.clone()))?;
+    // Live records for `hoop-agent tail` (JSON lines; slow readers skip ahead).
+    let (events, _) = tokio::sync::broadcast::channel::<std::sync::Arc<str>>(4096);
+    let mut router = crate::audit::routes(audit.store.clone())
+        .merge(crate::tail::routes(events.clone()));
+    if let Some(e) = &enforcer {
+        router = router.merge(crate::api::approval_routes(e.state.clone()));
+    }
+    crate::api::serve(&opts.api_socket, router.clone())?;
+    if let Some(t) = &opts.api_tls {
+        crate::api::serve_tls(t, router)?;
     }
     metrics.tls_libraries.set(probes.files_attached() as i64);
     metrics.uprobes.set(probes.uprobes_attached() as i64);
@@ -135,6 +145,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             None => None,
         },
         enforcer,
+        events,
     };
 
     if let Some(e) = ev.enforcer.as_mut() {
@@ -228,6 +239,8 @@ struct EventLoop {
     last_parse: crate::capture::CaptureStats,
     raw: Option<std::io::BufWriter<std::fs::File>>,
     enforcer: Option<crate::enforce::Enforcer>,
+    /// Every delivered record, for API stream subscribers.
+    events: tokio::sync::broadcast::Sender<std::sync::Arc<str>>,
 }
 
 impl EventLoop {
@@ -340,7 +353,11 @@ impl EventLoop {
             &rec.decision.effect,
             rec.identity.key(),
         );
-        sink.write(&rec)
+        let line = serde_json::to_string(&rec)?;
+        if self.events.receiver_count() > 0 {
+            let _ = self.events.send(std::sync::Arc::from(line.as_str()));
+        }
+        sink.write_line(&line)
     }
 
     /// Fills process, workload and principal. Credential responses (STS, IMDS, container

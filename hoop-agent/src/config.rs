@@ -38,6 +38,8 @@ pub struct Config {
     pub metrics_identity_cap: usize,
     /// The local API (Unix socket, mode 0600).
     pub api_socket: PathBuf,
+    /// Optional TCP API with TLS; clients must present a certificate signed by `client_ca`.
+    pub api_tls: Option<ApiTlsSection>,
     /// Policy file (enforcement).
     pub policy: Option<PathBuf>,
     pub store: crate::audit::StoreSection,
@@ -58,6 +60,7 @@ impl Default for Config {
             metrics_addr: DEFAULT_METRICS_ADDR.into(),
             metrics_identity_cap: 0,
             api_socket: PathBuf::from(DEFAULT_API_SOCKET),
+            api_tls: None,
             policy: None,
             store: crate::audit::StoreSection::default(),
         }
@@ -86,6 +89,20 @@ impl Default for CaptureSection {
             max_connections: 65536,
         }
     }
+}
+
+/// `api_tls:` — the local API over TCP with TLS (for integrations off the node).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTlsSection {
+    /// Address to listen on, e.g. `0.0.0.0:9465`.
+    pub listen: String,
+    /// Server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Server private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// CA (PEM) that signs the client certificates allowed to call the API.
+    pub client_ca: PathBuf,
 }
 
 /// Which processes root an "agent session" (see the README).
@@ -149,6 +166,14 @@ impl Config {
                 self.metrics_addr
             ));
         }
+        if let Some(t) = &self.api_tls
+            && t.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(format!(
+                "api_tls.listen: {:?} is not an address like 0.0.0.0:9465",
+                t.listen
+            ));
+        }
         if !matches!(self.log_format.as_str(), "human" | "json") {
             return Err(format!(
                 "log_format: {:?} is neither \"human\" nor \"json\"",
@@ -198,9 +223,16 @@ mod tests {
     #[test]
     fn errors_name_line_and_field() {
         let e = Config::parse("data_dir: /x\ncapture:\n  ring_bufer_bytes: 1\n").expect_err("typo");
-        assert!(e.contains("line 3") && e.contains("ring_bufer_bytes"), "{e}");
+        assert!(
+            e.contains("line 3") && e.contains("ring_bufer_bytes"),
+            "{e}"
+        );
         let e = Config::parse("capture:\n  ring_buffer_bytes: 1000\n").expect_err("not pow2");
         assert!(e.contains("capture.ring_buffer_bytes"), "{e}");
+        let e =
+            Config::parse("api_tls:\n  listen: nowhere\n  cert: /c\n  key: /k\n  client_ca: /ca\n")
+                .expect_err("api_tls");
+        assert!(e.contains("api_tls.listen"), "{e}");
         let e = Config::parse("log_format: xml\n").expect_err("format");
         assert!(e.contains("log_format"), "{e}");
     }

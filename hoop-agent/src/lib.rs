@@ -14,3 +14,4 @@ pub mod http;
 pub mod metrics;
 pub mod probes;
 pub mod record;
+pub mod tail;

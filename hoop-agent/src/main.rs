@@ -7,9 +7,11 @@ use std::path::PathBuf;
 #[derive(Parser)]
 #[command(name = "hoop-agent", version)]
 struct Cli {
-    /// Log format: human or json.
-    #[arg(long, global = true, env = "HOOP_LOG_FORMAT", default_value = "human")]
-    log_format: String,
+    /// Log format: human or json (default: `log_format` of the config file for `run`, else
+    /// human). In json mode every line on stderr is one JSON object, including the messages
+    /// of the eBPF programs and of libraries that log through the `log` crate.
+    #[arg(long, global = true, env = "HOOP_LOG_FORMAT", value_parser = ["human", "json"])]
+    log_format: Option<String>,
     /// Data directory (audit store); default /var/lib/hoop. For `run` it overrides `data_dir`.
     #[arg(long, global = true, env = "HOOP_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -27,8 +29,25 @@ enum Command {
     Run(RunArgs),
     /// Just-in-time approvals of the running agent: list, approve ID, deny ID.
     Approvals(ApprovalsArgs),
+    /// Print the running agent's records as they are made (JSON lines), optionally filtered.
+    Tail(TailArgs),
     #[command(flatten)]
     Audit(AuditCommand),
+}
+
+#[derive(clap::Args)]
+struct TailArgs {
+    /// Keep records whose field matches: FIELD=VALUE, FIELD!=VALUE or FIELD~TEXT, with FIELD a
+    /// dotted path into the record (aws.service, process.pid, ...) or one of service,
+    /// operation, action, region, pid, comm, decision, principal. Repeat to AND them.
+    #[arg(long, short)]
+    filter: Vec<hoop_agent::tail::Filter>,
+    /// Exit after this many records.
+    #[arg(long, short = 'n')]
+    count: Option<u64>,
+    /// Pretty-print each record.
+    #[arg(long)]
+    pretty: bool,
 }
 
 #[derive(clap::Args)]
@@ -105,6 +124,8 @@ fn audit_argv() -> Vec<String> {
     out
 }
 
+/// tracing to stderr; `init` also routes the `log` crate (aya, aya-log's eBPF messages,
+/// rustls) into tracing, so json mode covers them.
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HOOP_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -112,23 +133,57 @@ fn init_logging(format: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     if format == "json" {
-        b.json().init();
+        b.json().flatten_event(false).init();
+        // Panics as JSON too.
+        std::panic::set_hook(Box::new(|info| {
+            tracing::error!(panic = %info, "hoop-agent panicked");
+        }));
     } else {
         b.init();
     }
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_format);
+    // `run` reads the config file first: its `log_format` applies unless a flag/env says.
+    let run_cfg = match &cli.command {
+        Command::Run(a) => Some(Config::load(a.config.as_deref())),
+        _ => None,
+    };
+    let format = cli.log_format.clone().unwrap_or_else(|| match &run_cfg {
+        Some(Ok(c)) => c.log_format.clone(),
+        _ => "human".into(),
+    });
+    init_logging(&format);
+    let result = match run_cfg {
+        Some(cfg) => cfg
+            .map_err(anyhow::Error::from)
+            .and_then(|c| real_main(&cli, Some(c))),
+        None => real_main(&cli, None),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            if format == "json" {
+                tracing::error!(error = %format!("{e:#}"), "hoop-agent failed");
+            } else {
+                eprintln!("Error: {e:?}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: &Cli, run_cfg: Option<Config>) -> Result<()> {
     match &cli.command {
+        Command::Tail(t) => hoop_agent::tail::run(&api_socket(cli), &t.filter, t.count, t.pretty),
         Command::Approvals(a) => {
             let (method, path) = match a.action {
                 ApprovalAction::List => ("GET", "/v1/approvals".to_string()),
                 ApprovalAction::Approve { id } => ("POST", format!("/v1/approvals/{id}/approve")),
                 ApprovalAction::Deny { id } => ("POST", format!("/v1/approvals/{id}/deny")),
             };
-            let (status, body) = hoop_agent::api::call(&api_socket(&cli), method, &path)?;
+            let (status, body) = hoop_agent::api::call(&api_socket(cli), method, &path)?;
             println!("{}", serde_json::to_string_pretty(&body)?);
             if status != 200 {
                 anyhow::bail!("agent answered {status}");
@@ -140,10 +195,13 @@ fn main() -> Result<()> {
                 .data_dir
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(hoop_agent::config::DEFAULT_DATA_DIR));
-            hoop_agent::audit::run_cli(cmd, &audit_argv(), &data_dir, &api_socket(&cli))
+            hoop_agent::audit::run_cli(cmd, &audit_argv(), &data_dir, &api_socket(cli))
         }
         Command::Run(a) => {
-            let mut cfg = Config::load(a.config.as_deref())?;
+            let mut cfg = match run_cfg {
+                Some(c) => c,
+                None => Config::load(a.config.as_deref())?,
+            };
             if let Some(d) = cli.data_dir.clone() {
                 cfg.data_dir = d;
             }
@@ -179,6 +237,7 @@ fn main() -> Result<()> {
                 metrics_addr: cfg.metrics_addr.parse()?,
                 metrics_identity_cap: cfg.metrics_identity_cap,
                 api_socket: cfg.api_socket.clone(),
+                api_tls: cfg.api_tls.clone(),
                 enforce: (!a.no_enforce).then(|| hoop_agent::enforce::EnforceOptions {
                     policy: a.policy.clone().or(cfg.policy.clone()),
                     api_socket: cfg.api_socket.clone(),

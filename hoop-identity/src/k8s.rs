@@ -372,6 +372,29 @@ struct Client {
     cfg: K8sConfig,
 }
 
+/// The CA bundle to trust: the configured file (the service account's cluster CA), or, when
+/// it does not exist (an API server outside the cluster, a custom `api_url`), the system's CA
+/// bundle as openssl-probe finds it (`SSL_CERT_FILE`, then the distribution's usual paths).
+fn read_ca(configured: &std::path::Path) -> Result<(PathBuf, Vec<u8>), K8sError> {
+    match std::fs::read(configured) {
+        Ok(pem) => Ok((configured.to_path_buf(), pem)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let probe = openssl_probe::probe();
+            let Some(file) = probe.cert_file else {
+                return Err(K8sError::Ca(configured.to_path_buf(), e));
+            };
+            tracing::info!(
+                ca = %file.display(),
+                "kubernetes: {} not found; trusting the system CA bundle",
+                configured.display()
+            );
+            let pem = std::fs::read(&file).map_err(|e| K8sError::Ca(file.clone(), e))?;
+            Ok((file, pem))
+        }
+        Err(e) => Err(K8sError::Ca(configured.to_path_buf(), e)),
+    }
+}
+
 /// How a watch ended.
 enum WatchEnd {
     /// Server closed (timeout): re-watch from this version.
@@ -384,7 +407,7 @@ const MAX_LINE: u64 = 64 << 20;
 
 impl Client {
     fn new(cfg: &K8sConfig, base: String) -> Result<Self, K8sError> {
-        let pem = std::fs::read(&cfg.ca_path).map_err(|e| K8sError::Ca(cfg.ca_path.clone(), e))?;
+        let (ca_path, pem) = read_ca(&cfg.ca_path)?;
         let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
             .filter_map(|i| match i {
                 Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
@@ -392,7 +415,7 @@ impl Client {
             })
             .collect();
         if certs.is_empty() {
-            return Err(K8sError::NoCa(cfg.ca_path.clone()));
+            return Err(K8sError::NoCa(ca_path));
         }
         let tls = ureq::tls::TlsConfig::builder()
             .provider(ureq::tls::TlsProvider::Rustls)
