@@ -4,7 +4,9 @@ line per step: {"step": ..., "ok": bool, "error": str}. Retries are off so a blo
 once, immediately.
 
 Steps: create-bucket:B, delete-bucket:B, put-object:B/K, put-bucket-policy:B, head-bucket:B,
-create-table:T, delete-table:T, describe-table:T, create-user:U, get-user:U, sleep:SECONDS."""
+create-table:T, delete-table:T, describe-table:T, create-user:U, get-user:U, sleep:SECONDS,
+wait-file:PATH (waits up to 60 s for PATH to exist: the test starts the agent meanwhile, so the
+connections opened by earlier steps predate it)."""
 import json
 import os
 import sys
@@ -57,6 +59,12 @@ def run(step):
         c("iam").get_user(UserName=arg)
     elif op == "sleep":
         time.sleep(float(arg))
+    elif op == "wait-file":
+        deadline = time.monotonic() + 60
+        while not os.path.exists(arg):
+            if time.monotonic() > deadline:
+                raise TimeoutError(arg)
+            time.sleep(0.05)
     else:
         raise SystemExit(f"unknown step {step}")
 

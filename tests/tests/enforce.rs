@@ -392,6 +392,257 @@ fn invalid_policy_is_rejected_and_the_previous_one_stays() -> anyhow::Result<()>
     Ok(())
 }
 
+/// A client running in the background: its stdout lines are collected as they come.
+struct Bg {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl Bg {
+    fn start(emu: &Emulator, key: &str, steps: &[String]) -> anyhow::Result<Bg> {
+        let mut cmd = Command::new(repo_root().join(".venv/bin/python"));
+        cmd.arg(client_script("enforce_calls.py")).args(steps);
+        emu.client_env(&mut cmd);
+        cmd.env("AWS_ACCESS_KEY_ID", key);
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::inherit());
+        let mut child = cmd.spawn()?;
+        let out = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if let (Ok(v), Ok(mut s)) = (serde_json::from_str::<Value>(&l), sink.lock()) {
+                    s.push(v);
+                }
+            }
+        });
+        Ok(Bg { child, lines })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn results(&self) -> Vec<Value> {
+        self.lines.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    fn wait_results(&self, n: usize, timeout: Duration) -> anyhow::Result<Vec<Value>> {
+        let start = Instant::now();
+        loop {
+            let r = self.results();
+            if r.len() >= n {
+                return Ok(r);
+            }
+            anyhow::ensure!(start.elapsed() < timeout, "client gave {} of {n} results: {r:?}", r.len());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn finish(mut self) -> anyhow::Result<Vec<Value>> {
+        let st = self.child.wait()?;
+        anyhow::ensure!(st.success(), "client exited with {st}");
+        std::thread::sleep(Duration::from_millis(100));
+        Ok(self.results())
+    }
+}
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        // A stopped child must not outlive the test.
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = Command::new("kill")
+                .args(["-CONT", &self.child.id().to_string()])
+                .stderr(std::process::Stdio::null())
+                .status();
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// `ss`-free check that a process keeps using one TCP connection: the established sockets
+/// (inodes) among its fds.
+fn socket_inodes(pid: u32) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|t| t.to_string_lossy().into_owned())
+                .filter(|t| t.starts_with("socket:"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn connections_opened_before_the_agent_are_enforced() -> anyhow::Result<()> {
+    let emu = Emulator::start()?;
+    let key = test_key(5);
+    let b = format!("hoop-pre-{}", std::process::id());
+    let dir = TempDir::new("pre")?;
+    let go = dir.path().join("go");
+    let (_, setup) = calls(&emu, None, None, &[format!("create-bucket:{b}")])?;
+    assert!(setup[0]["ok"] == true, "setup: {setup:?}");
+    // The client opens its keep-alive S3 connection (HeadBucket) before any agent runs ...
+    let client = Bg::start(
+        &emu,
+        &key,
+        &[
+            format!("head-bucket:{b}"),
+            format!("wait-file:{}", go.display()),
+            format!("delete-bucket:{b}"),
+            format!("put-object:{b}/k.txt"),
+        ],
+    )?;
+    let first = client.wait_results(1, WAIT)?;
+    assert!(first[0]["ok"] == true, "{first:?}");
+    let socks_before = socket_inodes(client.pid());
+    assert!(!socks_before.is_empty(), "client holds a connection");
+    // ... then the agent starts and must adopt that connection.
+    let mut enf = start(&format!(
+        "rules:\n  - name: pre\n    effect: deny\n    match:\n      access_keys: [\"{key}\"]\n      actions: [\"s3:DeleteBucket\"]\n"
+    ))?;
+    let adopted = enf.agent.wait_log("socket enforcement attached", WAIT)?;
+    std::fs::write(&go, b"")?;
+    let pid = client.pid();
+    let socks_during = socket_inodes(pid);
+    let res = client.finish()?;
+    assert!(!ok_of(&res, &format!("delete-bucket:{b}")), "DeleteBucket on the old connection must fail: {res:?}\n{adopted}");
+    assert!(
+        ms_of(&res, &format!("delete-bucket:{b}")) < 2000.0,
+        "fails at once: {res:?}"
+    );
+    assert_eq!(socks_before, socks_during, "the denied call used the connection opened before the agent");
+    let (_, after) = calls(&emu, None, None, &[format!("head-bucket:{b}")])?;
+    assert!(after[0]["ok"] == true, "bucket still exists: {after:?}");
+    // Without the terminal colours of the log line.
+    let mut plain = String::new();
+    let mut esc = false;
+    for c in adopted.chars() {
+        match (esc, c) {
+            (false, '\x1b') => esc = true,
+            (true, 'm') => esc = false,
+            (false, c) => plain.push(c),
+            _ => {}
+        }
+    }
+    let n: u64 = plain
+        .split("adopted=")
+        .nth(1)
+        .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    assert!(n >= 1, "adopted at least the client's socket: {adopted}");
+    let recs = enf.agent.wait_records(pid, WAIT, |r| !decision_of(r, "DeleteBucket").is_empty());
+    assert!(
+        decision_of(&recs, "DeleteBucket").iter().any(|d| d["effect"] == "deny" && d["rule"] == "pre"),
+        "{recs:?}"
+    );
+    enf.agent.stop()?;
+    Ok(())
+}
+
+fn proc_state(pid: u32) -> Option<char> {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) STATE ...: comm may hold spaces and parens, the state follows the last ')'.
+    st.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+#[test]
+fn hold_pauses_the_caller_until_approved() -> anyhow::Result<()> {
+    let emu = Emulator::start()?;
+    let key = test_key(6);
+    let mut enf = start(&format!(
+        "rules:\n  - name: hold-it\n    effect: approve\n    hold: true\n    hold_timeout: 60s\n    grant_ttl: 5m\n    match:\n      access_keys: [\"{key}\"]\n      actions: [\"s3:DeleteBucket\"]\n"
+    ))?;
+    let b = format!("hoop-hold-{}", std::process::id());
+    let (_, setup) = calls(&emu, None, None, &[format!("create-bucket:{b}")])?;
+    assert!(setup[0]["ok"] == true, "setup: {setup:?}");
+    let client = Bg::start(&emu, &key, &[format!("delete-bucket:{b}")])?;
+    let pid = client.pid();
+    // Stopped in the kernel (SIGSTOP from the SSL_write probe): state T.
+    let start_t = Instant::now();
+    while proc_state(pid) != Some('T') {
+        anyhow::ensure!(start_t.elapsed() < WAIT, "client never stopped: state {:?}", proc_state(pid));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let id = loop {
+        let l = cli(&enf.socket, &["list"])?;
+        if let Some(a) = l["approvals"]
+            .as_array()
+            .and_then(|a| a.iter().find(|a| a["pid"] == pid && a["state"] == "pending" && a["held"] == true))
+        {
+            break a["id"].as_u64().unwrap_or(0);
+        }
+        anyhow::ensure!(start_t.elapsed() < WAIT, "no held approval: {l}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Still paused while nobody decides.
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(proc_state(pid), Some('T'), "paused until a decision");
+    assert!(client.results().is_empty(), "no result while paused");
+    let a = cli(&enf.socket, &["approve", &id.to_string()])?;
+    assert_eq!(a["state"], "approved");
+    let res = client.finish()?;
+    assert!(ok_of(&res, &format!("delete-bucket:{b}")), "the held call completes after approval: {res:?}");
+    let (_, after) = calls(&emu, None, None, &[format!("head-bucket:{b}")])?;
+    assert!(after[0]["ok"] == false, "the bucket was really deleted: {after:?}");
+    let recs = enf.agent.wait_records(pid, WAIT, |r| !decision_of(r, "DeleteBucket").is_empty());
+    assert!(
+        decision_of(&recs, "DeleteBucket").iter().any(|d| d["effect"] == "approved" && d["rule"] == "hold-it"),
+        "{recs:?}"
+    );
+    enf.agent.stop()?;
+    Ok(())
+}
+
+#[test]
+fn principal_rule_is_enforced_through_its_keys() -> anyhow::Result<()> {
+    let emu = Emulator::start()?;
+    let (agent_key, other_key) = (test_key(7), test_key(8));
+    let dir = TempDir::new("principals")?;
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "principals:\n  static_keys:\n    {agent_key}: arn:aws:iam::123456789012:role/agent-e2e\n    {other_key}: arn:aws:iam::123456789012:user/human\n"
+        ),
+    )?;
+    let pol = dir.path().join("policy.yaml");
+    std::fs::write(
+        &pol,
+        "rules:\n  - name: agents\n    effect: deny\n    match:\n      principals: [\"arn:aws:iam::*:role/agent-*\"]\n      actions: [\"s3:DeleteBucket\"]\n",
+    )?;
+    let socket = dir.path().join("hoop.sock");
+    let mut agent = Agent::start(&[
+        "--config",
+        cfg.to_str().unwrap_or_default(),
+        "--policy",
+        pol.to_str().unwrap_or_default(),
+        "--api-socket",
+        socket.to_str().unwrap_or_default(),
+    ])?;
+    let id = std::process::id();
+    let (b1, b2) = (format!("hoop-pr1-{id}"), format!("hoop-pr2-{id}"));
+    let (_, setup) = calls(&emu, None, None, &[format!("create-bucket:{b1}"), format!("create-bucket:{b2}")])?;
+    assert!(setup.iter().all(|r| r["ok"] == true), "setup: {setup:?}");
+    // The principal map is read from the event loop: give it a moment after start.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (pid, res) = calls(&emu, Some(&agent_key), None, &[format!("delete-bucket:{b1}")])?;
+    assert!(res[0]["ok"] == false, "the agent role's key is denied: {res:?}");
+    let (_, res) = calls(&emu, Some(&other_key), None, &[format!("delete-bucket:{b2}")])?;
+    assert!(res[0]["ok"] == true, "another principal passes: {res:?}");
+    let recs = agent.wait_records(pid, WAIT, |r| !decision_of(r, "DeleteBucket").is_empty());
+    assert!(
+        decision_of(&recs, "DeleteBucket").iter().any(|d| d["effect"] == "deny" && d["rule"] == "agents"),
+        "{recs:?}"
+    );
+    agent.stop()?;
+    Ok(())
+}
+
 #[allow(dead_code)]
 fn unused(_: &str) -> String {
     s("")
