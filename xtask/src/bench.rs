@@ -17,6 +17,7 @@ pub fn bench(what: &str, scale: f64) -> Result<()> {
             crate::bench_go::run(scale)
         }
         "go" => crate::bench_go::run(scale),
+        "enforce" => crate::bench_enforce::run(scale),
         "classify" => run(cargo().args(["bench", "-p", "hoop-aws", "--bench", "classify"])),
         "store" => {
             let events = ((1_000_000.0 * scale) as u64).max(1000).to_string();
@@ -30,7 +31,7 @@ pub fn bench(what: &str, scale: f64) -> Result<()> {
             bench("classify", scale)?;
             bench("store", scale)
         }
-        other => bail!("unknown benchmark {other:?}: capture, go, classify, store, all"),
+        other => bail!("unknown benchmark {other:?}: capture, go, enforce, classify, store, all"),
     }
 }
 

@@ -4,6 +4,7 @@
 mod aws_model;
 mod bench;
 mod bench_go;
+mod bench_enforce;
 mod setup;
 
 use anyhow::{Context, Result, bail};
