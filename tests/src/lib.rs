@@ -81,9 +81,14 @@ pub fn make_cert(dir: &Path) -> Result<(PathBuf, PathBuf)> {
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");
     let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
         .args(["-subj", "/CN=127.0.0.1"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost"])
+        .args([
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost",
+        ])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")
@@ -133,7 +138,16 @@ impl Emulator {
         let log = std::fs::File::create(dir.path().join("emulator.log"))?;
         let child = Command::new(venv_bin("gunicorn"))
             .current_dir(repo_root().join("tests/clients"))
-            .args(["-k", "gthread", "--threads", "8", "-w", "1", "--keep-alive", "30"])
+            .args([
+                "-k",
+                "gthread",
+                "--threads",
+                "8",
+                "-w",
+                "1",
+                "--keep-alive",
+                "30",
+            ])
             .arg("--certfile")
             .arg(&cert)
             .arg("--keyfile")
@@ -208,16 +222,31 @@ impl Agent {
         let metrics_addr = format!("127.0.0.1:{}", free_port()?);
         // Each agent gets its own store, socket and metrics port, so agents of different
         // tests (or a production agent) never collide.
+        let mut agent = Agent {
+            output,
+            data_dir,
+            api_socket,
+            metrics_addr,
+            dir,
+            stderr: Arc::new(Mutex::new(Vec::new())),
+            proc: None,
+        };
+        agent.spawn(extra)?;
+        Ok(agent)
+    }
+
+    /// Starts `hoop-agent run` with this agent's paths and waits until it is ready.
+    fn spawn(&mut self, extra: &[&str]) -> Result<()> {
         let mut child = Command::new(agent_bin())
             .arg("--data-dir")
-            .arg(&data_dir)
+            .arg(&self.data_dir)
             .arg("--api-socket")
-            .arg(&api_socket)
+            .arg(&self.api_socket)
             .arg("run")
             .arg("--no-stdout")
             .arg("--output")
-            .arg(&output)
-            .args(["--metrics-addr", &metrics_addr])
+            .arg(&self.output)
+            .args(["--metrics-addr", &self.metrics_addr])
             .args(extra)
             .env("HOOP_LOG", "info")
             .stdout(Stdio::null())
@@ -235,17 +264,30 @@ impl Agent {
                 }
             }
         });
-        let mut agent = Agent {
-            output,
-            data_dir,
-            api_socket,
-            metrics_addr,
-            dir,
-            stderr: lines,
-            proc: Some(Guard(child)),
-        };
-        agent.wait_log("hoop-agent ready", Duration::from_secs(60))?;
-        Ok(agent)
+        self.stderr = lines;
+        self.proc = Some(Guard(child));
+        self.wait_log("hoop-agent ready", Duration::from_secs(60))?;
+        Ok(())
+    }
+
+    /// SIGKILL (no shutdown at all) and wait; the data directory and output file stay.
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut g) = self.proc.take() {
+            // SAFETY: plain kill(2) on our own child.
+            unsafe { libc_kill(g.0.id() as i32, 9) };
+            g.0.wait()?;
+            std::mem::forget(g);
+        }
+        Ok(())
+    }
+
+    /// Starts the agent again on the same data directory, socket, metrics port and output
+    /// file (after [`Agent::stop`] or [`Agent::kill`]). Its log replaces the previous one.
+    pub fn restart(&mut self, extra: &[&str]) -> Result<()> {
+        if self.proc.is_some() {
+            bail!("agent still running");
+        }
+        self.spawn(extra)
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -273,7 +315,10 @@ impl Agent {
     pub fn http_get(&self, path: &str) -> Result<(u16, String)> {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(&self.metrics_addr)?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: hoop\r\nConnection: close\r\n\r\n")?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: hoop\r\nConnection: close\r\n\r\n"
+        )?;
         let mut buf = String::new();
         s.read_to_string(&mut buf)?;
         let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
@@ -335,7 +380,12 @@ impl Agent {
     }
 
     /// Waits until `pred` holds over the records of `pid` (or times out and returns them).
-    pub fn wait_records(&self, pid: u32, timeout: Duration, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    pub fn wait_records(
+        &self,
+        pid: u32,
+        timeout: Duration,
+        pred: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
         let start = Instant::now();
         loop {
             let r = self.records_of(pid);
@@ -410,7 +460,7 @@ pub fn client_script(name: &str) -> PathBuf {
 }
 
 /// Finds the records matching `pred`.
-pub fn matching<'a>(records: &'a [Value], pred: impl Fn(&Value) -> bool) -> Vec<&'a Value> {
+pub fn matching(records: &[Value], pred: impl Fn(&Value) -> bool) -> Vec<&Value> {
     records.iter().filter(|r| pred(r)).collect()
 }
 
@@ -422,4 +472,98 @@ pub fn is_call(r: &Value, method: &str, path: &str) -> bool {
 /// The X-Amz-Target of a json-protocol call.
 pub fn target_is(r: &Value, target: &str) -> bool {
     r["aws"]["target"] == target
+}
+
+/// Every regular file under `dir` (recursively) with its bytes.
+pub fn files_under(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(p),
+                Ok(t) if t.is_file() => {
+                    if let Ok(b) = std::fs::read(&p) {
+                        out.insert(p, b);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// Every byte stored under `dir`: the raw files, followed by the decompressed content of every
+/// zstd frame found in them (the audit store compresses its blocks), so a search for a
+/// planted value can fail.
+pub fn stored_bytes(dir: &Path) -> Vec<u8> {
+    use std::io::Read;
+    const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+    let mut all = Vec::new();
+    let mut frames = 0usize;
+    for (_, b) in files_under(dir) {
+        all.extend_from_slice(&b);
+        all.push(0);
+        let mut i = 0;
+        while let Some(off) = find_bytes(&b[i..], &ZSTD_MAGIC) {
+            let at = i + off;
+            if let Ok(dec) = zstd::stream::read::Decoder::new(&b[at..]) {
+                let mut dec = dec.single_frame();
+                let mut buf = [0u8; 8192];
+                let mut got = Vec::new();
+                // Keep what decodes even if the frame is cut short.
+                while let Ok(n) = dec.read(&mut buf) {
+                    if n == 0 || got.len() > 64 << 20 {
+                        break;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                }
+                if !got.is_empty() {
+                    frames += 1;
+                    all.extend_from_slice(&got);
+                    all.push(0);
+                }
+            }
+            i = at + 1;
+        }
+    }
+    eprintln!(
+        "stored_bytes({}): {} bytes, {frames} zstd frames decoded",
+        dir.display(),
+        all.len()
+    );
+    all
+}
+
+/// Offset of `needle` in `hay`.
+pub fn find_bytes(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || hay.len() < needle.len() {
+        return None;
+    }
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Parses JSON lines, skipping lines that are not JSON objects.
+pub fn jsonl(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(Value::is_object)
+        .collect()
+}
+
+/// The first cgroup2 mount point in /proc/self/mountinfo.
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        if post.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        pre.split_whitespace().nth(4).map(PathBuf::from)
+    })
 }
