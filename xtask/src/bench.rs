@@ -18,6 +18,7 @@ pub fn bench(what: &str, scale: f64) -> Result<()> {
         }
         "go" => crate::bench_go::run(scale),
         "enforce" => crate::bench_enforce::run(scale),
+        "soak" => crate::bench_soak::run(scale),
         "classify" => run(cargo().args(["bench", "-p", "hoop-aws", "--bench", "classify"])),
         "store" => {
             let events = ((1_000_000.0 * scale) as u64).max(1000).to_string();
@@ -31,7 +32,7 @@ pub fn bench(what: &str, scale: f64) -> Result<()> {
             bench("classify", scale)?;
             bench("store", scale)
         }
-        other => bail!("unknown benchmark {other:?}: capture, go, enforce, classify, store, all"),
+        other => bail!("unknown benchmark {other:?}: capture, go, enforce, soak, classify, store, all"),
     }
 }
 
@@ -48,7 +49,7 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-struct Killer(Child);
+pub(crate) struct Killer(pub(crate) Child);
 
 impl Drop for Killer {
     fn drop(&mut self) {
@@ -57,13 +58,13 @@ impl Drop for Killer {
     }
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
-fn make_cert(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+pub(crate) fn make_cert(dir: &Path) -> Result<(PathBuf, PathBuf)> {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     run(Command::new("openssl")
         .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
@@ -76,7 +77,7 @@ fn make_cert(dir: &Path) -> Result<(PathBuf, PathBuf)> {
     Ok((cert, key))
 }
 
-fn start_emulator(cert: &Path, key: &Path, port: u16) -> Result<Killer> {
+pub(crate) fn start_emulator(cert: &Path, key: &Path, port: u16) -> Result<Killer> {
     let child = Command::new(root().join(".venv/bin/gunicorn"))
         .current_dir(root().join("tests/clients"))
         .args(["-k", "gthread", "--threads", "4", "-w", "1", "--keep-alive", "60"])

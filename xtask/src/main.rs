@@ -5,6 +5,7 @@ mod aws_model;
 mod bench;
 mod bench_go;
 mod bench_enforce;
+mod bench_soak;
 mod setup;
 
 use anyhow::{Context, Result, bail};
