@@ -142,6 +142,7 @@ for v in "${K8S_VERSIONS[@]}"; do
 done
 run_check "ServiceMonitor (CRD, not in kubernetes-validate) vs schemas/servicemonitor-v1.schema.json" pycheck servicemonitor-schema
 run_check "kustomization.yaml lists every manifest, namespaces agree" pycheck kustomization
+run_check "agent facts from its sources: flags, config keys, metric names used by the alert rules and the unit" pycheck agent-facts
 if command -v kubectl >/dev/null 2>&1; then
     render_and_validate() {
         kubectl kustomize deploy/kubernetes >"$WORK/rendered.yaml"

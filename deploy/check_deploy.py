@@ -20,13 +20,71 @@ ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"
 
-# --- What the agent is (CLI facts from issue 7 / the lead) -----------------------------------
+# --- What the agent is: read from its sources, so deploy/ cannot drift from the real CLI,
+# config file and metrics (hoop-agent/src/main.rs, config.rs, audit.rs, metrics.rs) ----------
 AGENT_BINARY = "/usr/local/bin/hoop-agent"
-AGENT_FLAGS = {"--config", "--data-dir", "--metrics-addr", "--api-socket", "--policy", "--log-format"}
-AGENT_ENV = {"HOOP_CONFIG", "HOOP_DATA_DIR", "HOOP_LOG_FORMAT", "NODE_NAME"}
-CONFIG_KEYS = {"data_dir", "metrics_addr", "api_socket", "log_format", "store", "kubernetes", "session"}
-STORE_KEYS = {"flush_interval_ms", "retention"}
-RETENTION_KEYS = {"max_age", "max_bytes"}
+SRC = ROOT / "hoop-agent" / "src"
+
+
+def rust_struct_fields(path: Path, name: str):
+    """[(field, type, [attribute lines])] of `struct NAME { ... }` in a Rust file."""
+    text = path.read_text()
+    m = re.search(r"(?:pub )?struct %s \{\n(.*?)\n\}" % re.escape(name), text, re.S)
+    if not m:
+        raise Fail(f"{path.relative_to(ROOT)}: struct {name} not found")
+    fields, attrs = [], []
+    for line in m.group(1).splitlines():
+        t = line.strip()
+        if t.startswith("#["):
+            attrs.append(t)
+        elif t.startswith("//") or not t:
+            continue
+        else:
+            fm = re.match(r"(?:pub(?:\(crate\))? )?(\w+): (.+?),?$", t)
+            if fm:
+                fields.append((fm.group(1), fm.group(2), attrs))
+            attrs = []
+    return fields
+
+
+def cli_facts():
+    """(flags taking a value, boolean flags, env vars) of `hoop-agent [global] run`."""
+    value_flags, bool_flags, env = set(), set(), set()
+    for struct in ("Cli", "RunArgs"):
+        for name, ty, attrs in rust_struct_fields(SRC / "main.rs", struct):
+            arg = next((a for a in attrs if a.startswith("#[arg(")), "")
+            if not re.search(r"\blong\b", arg) or "hide = true" in arg:
+                continue
+            lm = re.search(r'long = "([^"]+)"', arg)
+            flag = "--" + (lm.group(1) if lm else name.replace("_", "-"))
+            (bool_flags if ty == "bool" else value_flags).add(flag)
+            em = re.search(r'env = "([^"]+)"', arg)
+            if em:
+                env.add(em.group(1))
+    return value_flags, bool_flags, env
+
+
+def metric_names():
+    """Every series name /metrics can expose (hoop_ prefix; histogram suffixes)."""
+    text = (SRC / "metrics.rs").read_text()
+    names = set()
+    for m in re.finditer(r'(?:counter|gauge)\(\s*&r,\s*"(\w+)"|(?<!Histogram)Opts::new\(\s*"(\w+)"', text):
+        names.add("hoop_" + (m.group(1) or m.group(2)))
+    for m in re.finditer(r'HistogramOpts::new\(\s*"(\w+)"', text):
+        names |= {f"hoop_{m.group(1)}{s}" for s in ("_bucket", "_sum", "_count")}
+    return names
+
+
+_VALUE_FLAGS, _BOOL_FLAGS, _ENV = cli_facts()
+AGENT_FLAGS = _VALUE_FLAGS | _BOOL_FLAGS
+AGENT_BOOL_FLAGS = _BOOL_FLAGS
+# The agent's HOOP_* variables, HOOP_LOG (filter) and what the Kubernetes client reads.
+AGENT_ENV = _ENV | {"HOOP_LOG", "NODE_NAME"}
+CONFIG_KEYS = {f for f, _, _ in rust_struct_fields(SRC / "config.rs", "Config")}
+STORE_KEYS = {f for f, _, _ in rust_struct_fields(SRC / "audit.rs", "StoreSection")}
+RETENTION_KEYS = {f for f, _, _ in rust_struct_fields(SRC / "audit.rs", "RetentionSection")}
+API_TLS_KEYS = {f for f, _, _ in rust_struct_fields(SRC / "config.rs", "ApiTlsSection")}
+METRICS = metric_names()
 LOG_FORMATS = {"human", "json"}
 POLICY_EFFECTS = {"audit", "deny", "kill", "approve"}
 POLICY_MODES = {"enforce", "monitor"}
@@ -115,6 +173,8 @@ def parse_args(args):
         a = rest[i]
         if "=" in a and a.startswith("--"):
             k, v = a.split("=", 1)
+        elif a in AGENT_BOOL_FLAGS:
+            k, v = a, True
         else:
             k = a
             if i + 1 >= len(rest):
@@ -147,6 +207,9 @@ def check_config_keys(cfg, p: Problems, where):
     p.expect(cfg.get("log_format", "human") in LOG_FORMATS, f"{where}: log_format must be one of {sorted(LOG_FORMATS)}")
     store = cfg.get("store", {})
     p.expect(set(store) <= STORE_KEYS, f"{where}: unknown store keys {sorted(set(store) - STORE_KEYS)}")
+    tls = cfg.get("api_tls")
+    if tls is not None:
+        p.expect(isinstance(tls, dict) and set(tls) == API_TLS_KEYS, f"{where}: api_tls needs exactly {sorted(API_TLS_KEYS)}")
     p.expect(isinstance(store.get("flush_interval_ms", 1000), int) and store.get("flush_interval_ms", 1000) > 0,
              f"{where}: store.flush_interval_ms must be a positive integer")
     ret = store.get("retention", {})
@@ -644,6 +707,33 @@ def scrape_config(args):
         src = DEPLOY / "prometheus" / rf
         if src.exists():
             (out.parent / rf).write_text(src.read_text())
+
+
+@check
+def agent_facts(_args):
+    """The facts read from the agent's sources are sane, and every hoop_* series the alert
+    rules and their tests use is one the agent exports (metrics.rs)."""
+    p = Problems()
+    for f in ("--config", "--data-dir", "--metrics-addr", "--api-socket", "--policy", "--log-format"):
+        p.expect(f in AGENT_FLAGS, f"main.rs: no {f} flag found (parser out of date?)")
+    for k in ("data_dir", "metrics_addr", "api_socket", "store", "kubernetes", "api_tls"):
+        p.expect(k in CONFIG_KEYS, f"config.rs: no {k} key found")
+    for m in ("hoop_aws_calls_total", "hoop_records_lost_total", "hoop_ready", "hoop_store_write_seconds_bucket"):
+        p.expect(m in METRICS, f"metrics.rs: no {m} found")
+    for f in ("alerts.yaml", "alerts_test.yaml"):
+        text = (DEPLOY / "prometheus" / f).read_text()
+        for name in sorted(set(re.findall(r"\bhoop_[a-z0-9_]+", text))):
+            p.expect(name in METRICS, f"prometheus/{f}: {name} is not a metric the agent exports")
+    unit = (DEPLOY / "systemd" / "hoop-agent.service").read_text()
+    for line in unit.splitlines():
+        if line.startswith("ExecStart="):
+            for tok in line.split()[2:]:
+                if tok.startswith("--"):
+                    p.expect(tok.split("=")[0] in AGENT_FLAGS, f"hoop-agent.service: unknown flag {tok}")
+        if line.startswith("Environment="):
+            var = line.split("=", 2)[1]
+            p.expect(var in AGENT_ENV, f"hoop-agent.service: unknown variable {var}")
+    p.done()
 
 
 def main(argv):
