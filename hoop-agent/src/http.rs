@@ -580,10 +580,13 @@ pub fn parse_chunk_size(line: &[u8]) -> Option<u64> {
     u64::from_str_radix(s, 16).ok()
 }
 
+/// Trailer fields of a chunked body, in order.
+pub type Trailers = Vec<(String, String)>;
+
 /// Decodes an `aws-chunked` body (SigV4 streaming: `size;chunk-signature=..\r\ndata\r\n`, then
 /// a zero chunk and optional trailers). Returns the decoded payload and the trailers, or `None`
 /// when the body does not have that shape (or was cut).
-pub fn decode_aws_chunked(body: &[u8]) -> Option<(Vec<u8>, Vec<(String, String)>)> {
+pub fn decode_aws_chunked(body: &[u8]) -> Option<(Vec<u8>, Trailers)> {
     let mut out = Vec::new();
     let mut rest = body;
     loop {
@@ -772,7 +775,7 @@ mod tests {
                     chunk.push(b"GET HTTP/1.1 \r\n:0a;-"[(x % 20) as usize]);
                 }
                 s.feed(&chunk, &mut out);
-                if x % 17 == 0 {
+                if x.is_multiple_of(17) {
                     s.gap(x % 100, &mut out);
                 }
             }
