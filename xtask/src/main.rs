@@ -98,20 +98,20 @@ fn main() -> Result<()> {
 
 fn test(filter: Option<String>) -> Result<()> {
     setup::setup()?;
-    // SAFETY-free: the environment of children only.
     let venv_bin = root().join(".venv/bin");
     let path = format!(
         "{}:{}",
         venv_bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let mut build = cargo();
-    build.args(["build", "-p", "hoop-agent"]);
-    run(&mut build)?;
+    // One `cargo test` over the default members (every crate but the eBPF one, which is
+    // built for the bpf target by hoop-agent's build script) builds the agent binary the
+    // end-to-end tests start, with the same features as the tests, so the eBPF object is
+    // built once.
     let mut t = cargo();
     t.env("PATH", &path)
         .env("HOOP_AGENT_BIN", root().join("target/debug/hoop-agent"))
-        .args(["test", "--workspace", "--no-fail-fast"]);
+        .args(["test", "--no-fail-fast"]);
     if let Some(f) = &filter {
         t.arg(f);
     }
