@@ -109,7 +109,7 @@ struct Agent {
 
 impl Agent {
     fn start(output: &Path) -> Result<Self> {
-        let mut child = Command::new(root().join("target/release/hoop-agent"))
+        let mut child = Command::new(crate::target_dir().join("release/hoop-agent"))
             .args(["--log-format", "json", "run", "--no-stdout", "--output"])
             .arg(output)
             .stdout(Stdio::null())

@@ -50,8 +50,15 @@ fn free_port() -> Result<u16> {
 fn make_cert(dir: &Path) -> Result<(PathBuf, PathBuf)> {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     sh(Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
-        .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")
@@ -63,7 +70,16 @@ fn make_cert(dir: &Path) -> Result<(PathBuf, PathBuf)> {
 fn emulator(cert: &Path, key: &Path, port: u16) -> Result<Killer> {
     let child = Command::new(root().join(".venv/bin/gunicorn"))
         .current_dir(root().join("tests/clients"))
-        .args(["-k", "gthread", "--threads", "4", "-w", "1", "--keep-alive", "60"])
+        .args([
+            "-k",
+            "gthread",
+            "--threads",
+            "4",
+            "-w",
+            "1",
+            "--keep-alive",
+            "60",
+        ])
         .arg("--certfile")
         .arg(cert)
         .arg("--keyfile")
@@ -89,7 +105,7 @@ fn agent_bin() -> Result<PathBuf> {
         return Ok(PathBuf::from(p));
     }
     sh(cargo().args(["build", "--release", "-p", "hoop-agent"]))?;
-    Ok(root().join("target/release/hoop-agent"))
+    Ok(crate::target_dir().join("release/hoop-agent"))
 }
 
 /// The agent, stopped (SIGTERM) when dropped.
@@ -149,7 +165,10 @@ impl Agent {
     fn wait_for(&self, needle: &str) -> Result<String> {
         let end = Instant::now() + Duration::from_secs(60);
         loop {
-            match self.lines.recv_timeout(end.saturating_duration_since(Instant::now())) {
+            match self
+                .lines
+                .recv_timeout(end.saturating_duration_since(Instant::now()))
+            {
                 Ok(l) if l.contains(needle) => return Ok(l),
                 Ok(l) if l.contains("\"ERROR\"") => eprintln!("agent: {l}"),
                 Ok(_) => {}
@@ -176,7 +195,11 @@ fn policy() -> String {
     let mut y = String::from("mode: enforce\nrules:\n");
     // The workload's own operations, other principals: classified, candidates walked.
     for i in 0..16 {
-        let action = if i % 2 == 0 { "sts:GetCallerIdentity" } else { "dynamodb:ListTables" };
+        let action = if i % 2 == 0 {
+            "sts:GetCallerIdentity"
+        } else {
+            "dynamodb:ListTables"
+        };
         y += &format!(
             "  - name: same-op-{i}\n    effect: deny\n    match:\n      access_keys: [\"{}\"]\n      actions: [\"{action}\"]\n",
             key(i)
@@ -238,13 +261,19 @@ pub fn run(scale: f64) -> Result<()> {
         ("HOOP_ENDPOINT", format!("https://127.0.0.1:{port}")),
         ("AWS_CA_BUNDLE", cert.display().to_string()),
         ("AWS_ACCESS_KEY_ID", "AKIAHOOPBENCH0000001".to_string()),
-        ("AWS_SECRET_ACCESS_KEY", "benchsecretbenchsecretbenchsecret0000000".to_string()),
+        (
+            "AWS_SECRET_ACCESS_KEY",
+            "benchsecretbenchsecretbenchsecret0000000".to_string(),
+        ),
         ("AWS_DEFAULT_REGION", "us-east-1".to_string()),
         ("AWS_CONFIG_FILE", "/dev/null".to_string()),
         ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".to_string()),
         ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
     ];
-    let script = root().join("tests/bench/boto3_rate.py").display().to_string();
+    let script = root()
+        .join("tests/bench/boto3_rate.py")
+        .display()
+        .to_string();
     let calls_n = ((600.0 * scale) as u64).max(20);
     let calls = calls_n.to_string();
     let rounds = ((6.0 * scale).round() as usize).clamp(3, 12);
@@ -254,7 +283,11 @@ pub fn run(scale: f64) -> Result<()> {
     let pol_s = pol.display().to_string();
     for round in 0..rounds {
         // Alternate which configuration goes first, so drift does not favour one.
-        let order = if round % 2 == 0 { [false, true] } else { [true, false] };
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
         let (mut a, mut b) = (0.0, 0.0);
         for enf in order {
             let dir = tmp.join(format!("r{round}-{enf}"));
@@ -265,7 +298,12 @@ pub fn run(scale: f64) -> Result<()> {
                 let s0 = agent.stats()?;
                 b = python_rate(&script, &calls, &env)?;
                 let s1 = agent.stats()?;
-                let d = |k: &str| s1[k].as_u64().unwrap_or(0).saturating_sub(s0[k].as_u64().unwrap_or(0));
+                let d = |k: &str| {
+                    s1[k]
+                        .as_u64()
+                        .unwrap_or(0)
+                        .saturating_sub(s0[k].as_u64().unwrap_or(0))
+                };
                 decisions += d("decisions");
                 decision_ns += d("decision_ns");
                 drops += d("drops");
@@ -280,26 +318,39 @@ pub fn run(scale: f64) -> Result<()> {
         enforce.push(b);
     }
     let (ma, mb) = (median(&mut capture), median(&mut enforce));
-    let per_decision = if decisions > 0 { decision_ns as f64 / decisions as f64 } else { f64::NAN };
+    let per_decision = if decisions > 0 {
+        decision_ns as f64 / decisions as f64
+    } else {
+        f64::NAN
+    };
     let total_calls = calls_n * rounds as u64;
     println!(
         "\n== enforce: boto3 sequential calls (STS + DynamoDB, keep-alive TLS), {calls} calls x {rounds} rounds, alternating"
     );
     println!("median capture only          : {ma:.1} calls/s");
     println!("median capture + 100 rules   : {mb:.1} calls/s");
-    println!("ratio (rules/capture)        : {:.3}  (enforcement overhead {:.1}%, target < 2%)", mb / ma, (1.0 - mb / ma) * 100.0);
+    println!(
+        "ratio (rules/capture)        : {:.3}  (enforcement overhead {:.1}%, target < 2%)",
+        mb / ma,
+        (1.0 - mb / ma) * 100.0
+    );
     println!(
         "in-kernel decisions          : {decisions} SSL_writes classified host-wide during the measured runs ({:.2} per bench call)",
         decisions as f64 / total_calls as f64
     );
-    println!("mean decision time           : {:.2} us per SSL_write (target < 5 us per request)", per_decision / 1000.0);
+    println!(
+        "mean decision time           : {:.2} us per SSL_write (target < 5 us per request)",
+        per_decision / 1000.0
+    );
     println!(
         "decision time per bench call : {:.2} us (all classified writes / bench calls; other processes' writes inflate it)",
         decision_ns as f64 / total_calls as f64 / 1000.0
     );
     println!("sends dropped                : {drops} (expected 0: no rule matches)");
     if busy > 0 {
-        println!("WARNING: {busy} sockets were owned by another agent's sk_msg program during the run");
+        println!(
+            "WARNING: {busy} sockets were owned by another agent's sk_msg program during the run"
+        );
     }
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())

@@ -78,7 +78,7 @@ fn agent_bin() -> Result<PathBuf> {
         return Ok(PathBuf::from(p));
     }
     sh(cargo().args(["build", "--release", "-p", "hoop-agent"]))?;
-    Ok(root().join("target/release/hoop-agent"))
+    Ok(crate::target_dir().join("release/hoop-agent"))
 }
 
 fn build_client(dir: &Path) -> Result<PathBuf> {

@@ -58,6 +58,13 @@ pub fn root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// Cargo's target directory (`CARGO_TARGET_DIR` when set).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
 /// Runs a command, failing with its name if it does not succeed.
 pub fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd
@@ -83,7 +90,7 @@ fn main() -> Result<()> {
         Cmd::Run { args } => {
             setup::bpf_linker()?;
             run(cargo().args(["build", "--release", "-p", "hoop-agent"]))?;
-            run(Command::new(root().join("target/release/hoop-agent"))
+            run(Command::new(target_dir().join("release/hoop-agent"))
                 .arg("run")
                 .args(args))
         }
@@ -110,7 +117,7 @@ fn test(filter: Option<String>) -> Result<()> {
     // built once.
     let mut t = cargo();
     t.env("PATH", &path)
-        .env("HOOP_AGENT_BIN", root().join("target/debug/hoop-agent"))
+        .env("HOOP_AGENT_BIN", target_dir().join("debug/hoop-agent"))
         .args(["test", "--no-fail-fast"]);
     if let Some(f) = &filter {
         t.arg(f);
