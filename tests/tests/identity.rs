@@ -59,6 +59,28 @@ fn assumed_role_keys_are_attributed_to_the_role_and_never_stored() -> anyhow::Re
         .collect();
     assert_eq!(assume.len(), 1, "AssumeRole record:\n{}", dump());
     assert_eq!(assume[0]["aws"]["iam_action"], "sts:AssumeRole");
+    // The record keeps the request parameters and response elements, with the secrets in
+    // them replaced by mask tokens.
+    let params = &assume[0]["request"]["parameters"];
+    assert_eq!(
+        params["RoleArn"], "arn:aws:iam::123456789012:role/hoop-e2e-role",
+        "{params}"
+    );
+    let creds = &assume[0]["response"]["elements"]["AssumeRoleResult"]["Credentials"];
+    assert_eq!(
+        creds["AccessKeyId"],
+        temp_akid.as_str(),
+        "elements: {}",
+        assume[0]
+    );
+    for k in ["SecretAccessKey", "SessionToken"] {
+        assert!(
+            creds[k]
+                .as_str()
+                .is_some_and(|v| v.starts_with("hoop:mask:")),
+            "{k} masked in {creds}"
+        );
+    }
     for r in &long {
         assert_ne!(
             r["identity"]["principal_arn"],
