@@ -388,11 +388,13 @@ fn response_elements(
         .to_ascii_lowercase();
     let first = m.body.iter().find(|c| !c.is_ascii_whitespace()).copied();
     let mut budget = MAX_FIELDS;
-    if ct.contains("json") || (ct.is_empty() && first == Some(b'{')) {
+    // By content type, else by the first byte: some services (and emulators) label JSON
+    // bodies text/html or nothing.
+    if ct.contains("json") || first == Some(b'{') {
         let v = serde_json::from_slice::<serde_json::Value>(&m.body).ok()?;
         return Some(bound(v, &mut budget, 0));
     }
-    if ct.contains("xml") || first == Some(b'<') {
+    if ct.contains("xml") || (first == Some(b'<') && !ct.contains("html")) {
         return xml_to_json(&m.body, &mut budget);
     }
     None
