@@ -412,10 +412,32 @@ impl EventLoop {
             }
             self.deliver(rec, sink)?;
         }
-        if let Some(e) = self.enforcer.as_mut() {
-            for rec in e.expire() {
-                sink.write(&rec)?;
+        // Blocked requests that never got an exchange are calls too: masked and stored
+        // like every other record (the access review counts denied calls).
+        let expired = self
+            .enforcer
+            .as_mut()
+            .map(|e| e.expire())
+            .unwrap_or_default();
+        for mut rec in expired {
+            let akid = rec.identity.access_key_id.clone();
+            let p = &rec.process;
+            let (mut process, workload, mut identity) =
+                self.identity
+                    .resolve(p.pid, p.tid, p.cgroup_id, akid.as_deref());
+            if process.comm.is_empty() {
+                process.comm = std::mem::take(&mut rec.process.comm);
             }
+            process.uid = rec.process.uid;
+            if identity.access_key_id.is_none() {
+                identity.access_key_id = akid;
+            }
+            rec.process = process;
+            rec.workload = workload;
+            rec.identity = identity;
+            self.deliver(rec, sink)?;
+        }
+        if let Some(e) = self.enforcer.as_mut() {
             for line in e.take_lines() {
                 sink.write_value(&line)?;
             }
@@ -449,10 +471,6 @@ impl Sink {
             stdout: opts.stdout.then(|| std::io::BufWriter::new(std::io::stdout())),
             file,
         })
-    }
-
-    fn write(&mut self, rec: &CallRecord) -> Result<()> {
-        self.write_line(&serde_json::to_string(rec)?)
     }
 
     /// A non-record line (approval events, endpoint decisions).
