@@ -497,7 +497,7 @@ pub fn approval_routes(state: crate::enforce::Shared) -> Router {
             Err(_) => ApiResponse::error(500, "state poisoned"),
         }
     };
-    let d2 = decide.clone();
+    let d2 = decide;
     Router::new()
         .route("GET", "/v1/approvals", move |_| {
             ApiResponse::ok(crate::enforce::approvals_json(&s1))
@@ -563,10 +563,7 @@ mod tests {
         assert_eq!(r.handle(req("GET", "/v1/a/7")).body, json!("7"));
         assert_eq!(r.handle(req("GET", "/v1/a")).status, 405);
         assert_eq!(r.handle(req("GET", "/nope")).status, 404);
-        assert!(matches!(
-            parse_request(b"GET /x HTTP/1.1\r\nContent-Length: 2\r\n\r\na"),
-            None
-        ));
+        assert!(parse_request(b"GET /x HTTP/1.1\r\nContent-Length: 2\r\n\r\na").is_none());
         assert!(matches!(
             parse_request(b"GET /x HTTP/1.1\r\nContent-Length: 2\r\n\r\nab"),
             Some(Ok(_))
