@@ -125,7 +125,55 @@ fn reviewer_outputs(agent: &Agent, pid: u32, info: &Value) -> BTreeMap<&'static 
         out.insert(name, cli_ok(agent, &a));
     }
     out.insert("verify", cli_ok(agent, &["verify", "--json"]));
+    // The identity of the client's last call (its key may have been learned on the way).
+    let all = jsonl(&out["query"]);
+    if let Some(last) = all.iter().max_by_key(|r| r["time_ns"].as_u64()) {
+        let key = identity_key(last);
+        let q = cli_ok(
+            agent,
+            &[
+                "query",
+                "--since",
+                "10m",
+                "--pid",
+                &p,
+                "--identity",
+                &key,
+                "--format",
+                "jsonl",
+            ],
+        );
+        out.insert("query_identity", q);
+        let conn = last["connection"]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let r = cli_ok(
+            agent,
+            &[
+                "replay",
+                "--connection",
+                &conn,
+                "--pid",
+                &p,
+                "--format",
+                "json",
+            ],
+        );
+        out.insert("replay", r);
+        let r = cli_ok(agent, &["replay", "--connection", &conn, "--pid", &p]);
+        out.insert("replay_text", r);
+    }
     out
+}
+
+/// `identity.key()`: principal ARN, else access key id.
+fn identity_key(r: &Value) -> String {
+    r["identity"]["principal_arn"]
+        .as_str()
+        .or(r["identity"]["access_key_id"].as_str())
+        .unwrap_or("unsigned")
+        .to_string()
 }
 
 /// Checks the reviewer outputs against what the client did.
@@ -203,6 +251,50 @@ fn check_outputs(o: &BTreeMap<&'static str, String>, pid: u32, info: &Value, fil
     assert!(
         o["query_table_fmt"].contains("s3:PutObject"),
         "table format"
+    );
+    // --identity: exactly the calls the agent attributed to that identity.
+    let by_id = jsonl(&o["query_identity"]);
+    let key = by_id.first().map(identity_key).unwrap_or_default();
+    assert!(
+        !by_id.is_empty(),
+        "--identity finds the last call's identity"
+    );
+    assert_eq!(
+        by_id.len(),
+        file.iter().filter(|r| identity_key(r) == key).count(),
+        "--identity {key}"
+    );
+    assert!(by_id.iter().all(|r| identity_key(r) == key));
+    // Replay of one connection: its calls in order, as stored.
+    let replay: Vec<Value> = serde_json::from_str(&o["replay"]).expect("replay json");
+    let conn = replay
+        .first()
+        .map(|r| r["connection"]["id"].clone())
+        .unwrap_or_default();
+    let want: Vec<String> = {
+        let mut v: Vec<&Value> = file
+            .iter()
+            .filter(|r| r["connection"]["id"] == conn)
+            .collect();
+        v.sort_by_key(|r| r["time_ns"].as_u64());
+        v.iter().map(|r| request_id(r)).collect()
+    };
+    assert!(
+        !want.is_empty(),
+        "replayed connection {conn} is one of the client's"
+    );
+    assert_eq!(
+        replay.iter().map(request_id).collect::<Vec<_>>(),
+        want,
+        "replay of {conn}"
+    );
+    let last_op = replay
+        .last()
+        .and_then(|r| r["aws"]["operation"].as_str())
+        .unwrap_or("-");
+    assert!(
+        o["replay_text"].contains(last_op),
+        "text replay names {last_op}"
     );
 
     // Report: one identity per identity key of this client's calls, counts per action.
