@@ -63,7 +63,10 @@ impl Metrics {
     pub fn new(identity_cap: usize) -> Result<Arc<Self>> {
         let r = Registry::new_custom(Some("hoop".into()), None)?;
         let calls = IntCounterVec::new(
-            Opts::new("aws_calls_total", "AWS API calls seen, by service, IAM action and decision"),
+            Opts::new(
+                "aws_calls_total",
+                "AWS API calls seen, by service, IAM action and decision",
+            ),
             &["service", "action", "decision"],
         )?;
         r.register(Box::new(calls.clone()))?;
@@ -81,7 +84,10 @@ impl Metrics {
             None
         };
         let parse_errors = IntCounterVec::new(
-            Opts::new("parse_errors_total", "Plaintext that could not be parsed, by kind"),
+            Opts::new(
+                "parse_errors_total",
+                "Plaintext that could not be parsed, by kind",
+            ),
             &["kind"],
         )?;
         r.register(Box::new(parse_errors.clone()))?;
@@ -101,14 +107,26 @@ impl Metrics {
             action_series: Mutex::new(HashSet::new()),
             identity_calls,
             identity_series: Mutex::new(HashSet::new()),
-            records: counter(&r, "records_total", "TLS plaintext records received from the kernel")?,
-            record_bytes: counter(&r, "record_bytes_total", "Plaintext bytes received from the kernel")?,
+            records: counter(
+                &r,
+                "records_total",
+                "TLS plaintext records received from the kernel",
+            )?,
+            record_bytes: counter(
+                &r,
+                "record_bytes_total",
+                "Plaintext bytes received from the kernel",
+            )?,
             records_lost: counter(
                 &r,
                 "records_lost_total",
                 "TLS records the kernel could not write to the ring buffer (it was full)",
             )?,
-            record_bytes_lost: counter(&r, "record_bytes_lost_total", "Plaintext bytes of lost records")?,
+            record_bytes_lost: counter(
+                &r,
+                "record_bytes_lost_total",
+                "Plaintext bytes of lost records",
+            )?,
             proc_events_lost: counter(&r, "process_events_lost_total", "Exec/exit events lost")?,
             parse_errors,
             unclassified: counter(
@@ -116,15 +134,35 @@ impl Metrics {
                 "aws_unclassified_total",
                 "AWS calls whose operation could not be determined",
             )?,
-            tls_libraries: gauge(&r, "tls_libraries_attached", "TLS library files with probes attached")?,
+            tls_libraries: gauge(
+                &r,
+                "tls_libraries_attached",
+                "TLS library files with probes attached",
+            )?,
             uprobes: gauge(&r, "uprobes_attached", "Uprobes attached")?,
-            connections: gauge(&r, "connections_tracked", "TLS connections being reassembled")?,
-            process_cache: gauge(&r, "process_cache_entries", "Processes in the process cache")?,
+            connections: gauge(
+                &r,
+                "connections_tracked",
+                "TLS connections being reassembled",
+            )?,
+            process_cache: gauge(
+                &r,
+                "process_cache_entries",
+                "Processes in the process cache",
+            )?,
             principals: gauge(&r, "principals_known", "Access keys with a known principal")?,
-            store_events: counter(&r, "store_events_total", "Events appended to the audit store")?,
+            store_events: counter(
+                &r,
+                "store_events_total",
+                "Events appended to the audit store",
+            )?,
             store_bytes: gauge(&r, "store_bytes", "Bytes the audit store occupies on disk")?,
             store_write_seconds,
-            approvals_pending: gauge(&r, "approvals_pending", "Approval requests awaiting a decision")?,
+            approvals_pending: gauge(
+                &r,
+                "approvals_pending",
+                "Approval requests awaiting a decision",
+            )?,
             approval_oldest_pending: gauge(
                 &r,
                 "approval_oldest_pending_timestamp_seconds",
@@ -142,12 +180,20 @@ impl Metrics {
         if action == "unknown" {
             self.unclassified.inc();
         }
-        let key = (service.to_string(), action.to_string(), decision.to_string());
+        let key = (
+            service.to_string(),
+            action.to_string(),
+            decision.to_string(),
+        );
         let known = match self.action_series.lock() {
             Ok(mut s) => s.contains(&key) || (s.len() < MAX_ACTION_SERIES && s.insert(key.clone())),
             Err(_) => false,
         };
-        let (svc, act) = if known { (service, action) } else { ("other", "other") };
+        let (svc, act) = if known {
+            (service, action)
+        } else {
+            ("other", "other")
+        };
         self.calls.with_label_values(&[svc, act, decision]).inc();
         if let Some((v, cap)) = &self.identity_calls {
             let known = match self.identity_series.lock() {
@@ -237,7 +283,10 @@ mod tests {
         assert!(text.contains(
             "hoop_aws_calls_total{action=\"s3:PutObject\",decision=\"allow\",service=\"s3\"} 3"
         ));
-        assert!(text.contains("hoop_identity_calls_total{identity=\"other\"} 1"), "{text}");
+        assert!(
+            text.contains("hoop_identity_calls_total{identity=\"other\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("hoop_aws_unclassified_total 1"));
         assert!(text.contains("hoop_build_info{version="));
     }
