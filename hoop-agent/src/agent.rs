@@ -68,6 +68,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let metrics = Metrics::new(opts.metrics_identity_cap)?;
     crate::metrics::serve(opts.metrics_addr, metrics.clone()).await?;
     let audit = Audit::open(&opts.data_dir, &opts.store)?;
+    crate::audit::spawn_rotating_dumps(
+        audit.store.clone(),
+        &opts.store,
+        Duration::from_nanos(opts.capture.response_timeout_ns) + Duration::from_secs(5),
+    )?;
     let mut probes = Probes::load(opts.ring_bytes)?;
     if let Some(logger) = probes.start_kernel_log() {
         spawn_kernel_log(logger)?;

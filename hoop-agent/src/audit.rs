@@ -117,6 +117,54 @@ impl Audit {
     }
 }
 
+/// Scheduled rotating CloudTrail dumps into `store.dump_dir`, for log shippers: one gzip file
+/// per `dump_every` window of ingest time. A window is written only once every event that can
+/// still land in it is in the store: `lag` covers the longest wait between a request and its
+/// record (the response timeout) plus the store's flush interval.
+pub fn spawn_rotating_dumps(
+    store: Arc<Store>,
+    section: &StoreSection,
+    lag: Duration,
+) -> Result<()> {
+    let Some(dir) = section.dump_dir.clone() else {
+        return Ok(());
+    };
+    let every = section.dump_period()?;
+    let lag = lag + Duration::from_millis(section.flush_interval_ms.max(10)) * 2;
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("create dump directory {}", dir.display()))?;
+    let node = std::env::var("NODE_NAME")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "node".into());
+    std::thread::Builder::new()
+        .name("hoop-dump".into())
+        .spawn(move || {
+            let mut dumper = hoop_store::RotatingDumper::new(dir, node, every);
+            loop {
+                std::thread::sleep(every.min(Duration::from_secs(1)));
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(0);
+                match dumper.tick(&store, now.saturating_sub(lag.as_nanos() as u64)) {
+                    Ok(Some(p)) => {
+                        tracing::info!(path = %p.display(), "rotating audit dump written")
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!("rotating audit dump: {e}"),
+                }
+            }
+        })
+        .context("spawn the rotating dump thread")?;
+    Ok(())
+}
+
 /// Reviewer commands, shared by the CLI and the local API.
 #[derive(clap::Subcommand, Clone, Debug)]
 pub enum AuditCommand {
@@ -212,7 +260,9 @@ pub fn run_cli(
                 }
                 return Ok(());
             }
-            Err(e) => tracing::debug!("agent API not answering ({e:#}); opening the store directly"),
+            Err(e) => {
+                tracing::debug!("agent API not answering ({e:#}); opening the store directly")
+            }
         }
     }
     let store = Store::open_read_only(data_dir.join("store"))

@@ -684,3 +684,53 @@ fn sigkill_during_heavy_ingest_keeps_all_but_the_last_flush_interval() -> anyhow
     agent.stop()?;
     Ok(())
 }
+
+#[test]
+fn rotating_dumps_hold_every_call_once() -> anyhow::Result<()> {
+    let emu = Emulator::start()?;
+    let cfg_dir = TempDir::new("dumpcfg")?;
+    let dumps = cfg_dir.path().join("dumps");
+    let cfg = cfg_dir.path().join("config.yaml");
+    // Short windows and a short response timeout so a window closes within seconds.
+    std::fs::write(
+        &cfg,
+        format!(
+            "store:\n  dump_dir: {}\n  dump_every: 2s\ncapture:\n  response_timeout_secs: 2\n",
+            dumps.display()
+        ),
+    )?;
+    let mut agent = Agent::start(&["--config", cfg.to_str().unwrap_or_default()])?;
+    let (pid, _) = fixed_mix(&emu)?;
+    let file = agent.wait_records(pid, WAIT, |r| r.len() >= 12);
+    assert_eq!(file.len(), 12);
+    let want: BTreeSet<String> = file.iter().map(request_id).collect();
+    let start = Instant::now();
+    let mut seen: Vec<String>;
+    loop {
+        seen = Vec::new();
+        for (path, _) in files_under(&dumps) {
+            if !path.to_string_lossy().ends_with(".json.gz") {
+                continue;
+            }
+            let out = std::process::Command::new("gzip")
+                .arg("-dc")
+                .arg(&path)
+                .output()?;
+            let v: Value = serde_json::from_slice(&out.stdout)?;
+            for c in v["Records"].as_array().into_iter().flatten() {
+                if c["additionalEventData"]["hoop"]["process"]["pid"] == pid {
+                    seen.push(c["requestID"].as_str().unwrap_or_default().to_string());
+                }
+            }
+        }
+        if seen.len() >= 12 || start.elapsed() > Duration::from_secs(40) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let set: BTreeSet<String> = seen.iter().cloned().collect();
+    assert_eq!(seen.len(), set.len(), "a call in two dump windows");
+    assert_eq!(set, want, "rotating dumps hold every call of the client");
+    agent.stop()?;
+    Ok(())
+}
