@@ -341,6 +341,23 @@ impl EventLoop {
         m.principals.set(self.identity.principals().len() as i64);
         let st = self.audit.store.stats();
         m.store_bytes.set(st.disk_bytes as i64);
+        if let Some(e) = &self.enforcer
+            && let Ok(s) = e.state.lock()
+        {
+            let pending = s
+                .approvals
+                .iter()
+                .filter(|a| a.state == crate::enforce::ApprovalState::Pending);
+            let (n, oldest) = pending.fold((0i64, u64::MAX), |(n, o), a| {
+                (n + 1, o.min(a.requested_boot_ns))
+            });
+            m.approvals_pending.set(n);
+            m.approval_oldest_pending.set(if n == 0 {
+                0
+            } else {
+                (self.clock.unix_ns(oldest) / 1_000_000_000) as i64
+            });
+        }
     }
 
     /// Masks, stores, counts and prints one record.
