@@ -122,10 +122,16 @@ fn wait_metrics(
 /// boto3: CALLS sequential calls alternating DynamoDB ListTables and STS GetCallerIdentity,
 /// after one of each to warm up. Returns (pid, calls made in total).
 fn boto3_calls(emu: &Emulator, calls: u32) -> Result<(u32, u32)> {
+    boto3_calls_as(emu, calls, ACCESS_KEY_ID)
+}
+
+/// [`boto3_calls`] signing with access key `akid`.
+fn boto3_calls_as(emu: &Emulator, calls: u32, akid: &str) -> Result<(u32, u32)> {
     let mut cmd = python();
     cmd.arg(repo_root().join("tests/bench/boto3_rate.py"))
         .arg(calls.to_string());
     emu.client_env(&mut cmd);
+    cmd.env("AWS_ACCESS_KEY_ID", akid);
     let (pid, _) = run_client(cmd)?;
     Ok((pid, calls + 2))
 }
@@ -492,18 +498,14 @@ fn tls_api_requires_a_client_certificate_from_the_client_ca() -> Result<()> {
 fn tail_streams_new_records() -> Result<()> {
     let emu = Emulator::start()?;
     let agent = Agent::start(&[])?;
+    // A key of this test's own: other suites may run boto3 on the host at the same time.
+    let akid = format!("AKIATAIL{:012}", std::process::id());
     let mut tail = Command::new(agent_bin())
         .arg("--api-socket")
         .arg(&agent.api_socket)
-        .args([
-            "tail",
-            "--filter",
-            "service=sts",
-            "--filter",
-            "comm~python",
-            "-n",
-            "3",
-        ])
+        .args(["tail", "--filter", "service=sts", "--filter"])
+        .arg(format!("identity.access_key_id={akid}"))
+        .args(["-n", "3"])
         .env("HOOP_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -519,7 +521,7 @@ fn tail_streams_new_records() -> Result<()> {
     }
     let tail = Guard(tail);
     // 4 calls + 2 warm-up: 3 GetCallerIdentity (the filter) and 3 ListTables.
-    let (pid, made) = boto3_calls(&emu, 4)?;
+    let (pid, made) = boto3_calls_as(&emu, 4, &akid)?;
     let mut g = tail;
     let start = Instant::now();
     let status = loop {
