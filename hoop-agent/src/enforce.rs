@@ -7,8 +7,8 @@ use crate::policy::{self, Compiled, Effect, Mode, Workload};
 use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, RingBuf, SockHash},
     maps::lpm_trie::Key,
+    maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, RingBuf, SockHash},
     programs::{CgroupAttachMode, CgroupSockAddr, SkMsg, SockOps},
 };
 use hoop_common::{
@@ -160,11 +160,13 @@ pub fn cgroup2_mount() -> Result<PathBuf> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").context("read mountinfo")?;
     for line in text.lines() {
         // ... mount_point ... - fstype source opts
-        let Some((pre, post)) = line.split_once(" - ") else { continue };
-        if post.split_whitespace().next() == Some("cgroup2") {
-            if let Some(mp) = pre.split_whitespace().nth(4) {
-                return Ok(PathBuf::from(mp.replace("\\040", " ")));
-            }
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
+        if post.split_whitespace().next() == Some("cgroup2")
+            && let Some(mp) = pre.split_whitespace().nth(4)
+        {
+            return Ok(PathBuf::from(mp.replace("\\040", " ")));
         }
     }
     Err(anyhow!("no cgroup2 mount in /proc/self/mountinfo"))
@@ -304,7 +306,10 @@ fn policy_loop(state: Shared, path: Option<PathBuf>, mut mtime: Option<SystemTim
                         info!(rules = c.rules.len(), "policy reloaded");
                         st.apply(Arc::new(c));
                     }
-                    Err(e) => error!("policy {} rejected, previous policy kept: {e:#}", p.display()),
+                    Err(e) => error!(
+                        "policy {} rejected, previous policy kept: {e:#}",
+                        p.display()
+                    ),
                 }
             }
         }
@@ -320,9 +325,14 @@ fn cgroups(root: &Path) -> Vec<(String, u64)> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         if let Ok(m) = std::fs::metadata(&d) {
-            let rel = d.strip_prefix(root).map(|p| format!("/{}", p.display())).unwrap_or_default();
+            let rel = d
+                .strip_prefix(root)
+                .map(|p| format!("/{}", p.display()))
+                .unwrap_or_default();
             out.push((rel.replace("//", "/"), m.ino()));
         }
         for e in rd.flatten() {
@@ -339,7 +349,8 @@ fn cgroups(root: &Path) -> Vec<(String, u64)> {
 
 fn proc_cgroup(pid: u32) -> Option<String> {
     let t = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    t.lines().find_map(|l| l.strip_prefix("0::").map(str::to_string))
+    t.lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
 }
 
 /// Does a pod satisfy the Kubernetes selectors of `w` (namespace and service account globs,
@@ -365,13 +376,21 @@ fn pod_of(pods: &PodCache, rel: &str) -> Option<Arc<PodMeta>> {
     info.pod_uid
         .as_deref()
         .and_then(|u| pods.by_uid(u))
-        .or_else(|| info.container_id.as_deref().and_then(|c| pods.by_container(c)))
+        .or_else(|| {
+            info.container_id
+                .as_deref()
+                .and_then(|c| pods.by_container(c))
+        })
 }
 
 /// Resolves a workload selector to cgroup ids and (for exe selectors) tgids. Kubernetes
 /// selectors go through the pod cache (cgroup path → pod UID → pod); without pods they
 /// select nothing.
-fn resolve(w: &Workload, all: &[(String, u64)], pods: Option<&PodCache>) -> (BTreeSet<u64>, BTreeSet<u32>) {
+fn resolve(
+    w: &Workload,
+    all: &[(String, u64)],
+    pods: Option<&PodCache>,
+) -> (BTreeSet<u64>, BTreeSet<u32>) {
     let mut cgs = BTreeSet::new();
     let prefixes = w.cgroup.list();
     let containers = w.container.list();
@@ -385,8 +404,14 @@ fn resolve(w: &Workload, all: &[(String, u64)], pods: Option<&PodCache>) -> (BTr
                 let p = format!("/{}", p.trim_start_matches('/'));
                 rel == p || rel.starts_with(&format!("{}/", p.trim_end_matches('/')))
             });
-        let con = containers.is_empty() || containers.iter().any(|c| c.len() >= 12 && rel.contains(c.as_str()));
-        let pod = !k8s || pods.and_then(|p| pod_of(p, rel)).is_some_and(|pod| pod_matches(w, &pod));
+        let con = containers.is_empty()
+            || containers
+                .iter()
+                .any(|c| c.len() >= 12 && rel.contains(c.as_str()));
+        let pod = !k8s
+            || pods
+                .and_then(|p| pod_of(p, rel))
+                .is_some_and(|pod| pod_matches(w, &pod));
         pre && con && pod
     };
     if has_cg_sel {
@@ -404,7 +429,9 @@ fn resolve(w: &Workload, all: &[(String, u64)], pods: Option<&PodCache>) -> (BTr
                 let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                     continue;
                 };
-                let Ok(exe) = std::fs::read_link(e.path().join("exe")) else { continue };
+                let Ok(exe) = std::fs::read_link(e.path().join("exe")) else {
+                    continue;
+                };
                 let exe = exe.to_string_lossy();
                 if !exes.iter().any(|g| policy::glob(g, &exe)) {
                     continue;
@@ -425,12 +452,12 @@ fn resolve(w: &Workload, all: &[(String, u64)], pods: Option<&PodCache>) -> (BTr
 pub fn principal_forms(arn: &str) -> Vec<String> {
     let mut v = vec![arn.to_string()];
     let parts: Vec<&str> = arn.splitn(6, ':').collect();
-    if parts.len() == 6 && parts[2] == "sts" {
-        if let Some(rest) = parts[5].strip_prefix("assumed-role/") {
-            if let Some((role, _session)) = rest.rsplit_once('/') {
-                v.push(format!("arn:{}:iam::{}:role/{role}", parts[1], parts[4]));
-            }
-        }
+    if parts.len() == 6
+        && parts[2] == "sts"
+        && let Some(rest) = parts[5].strip_prefix("assumed-role/")
+        && let Some((role, _session)) = rest.rsplit_once('/')
+    {
+        v.push(format!("arn:{}:iam::{}:role/{role}", parts[1], parts[4]));
     }
     v
 }
@@ -463,7 +490,11 @@ impl State {
             Some(p) => (
                 u32::from(!p.rules.is_empty() || !p.endpoints.is_empty()),
                 u32::from(p.mode == Mode::Monitor),
-                u32::from(p.rules.iter().any(|r| !r.operations.is_empty() && !r.workload.is_scoped())),
+                u32::from(
+                    p.rules
+                        .iter()
+                        .any(|r| !r.operations.is_empty() && !r.workload.is_scoped()),
+                ),
             ),
             None => (0, 0, 0),
         };
@@ -644,7 +675,11 @@ impl State {
             if e.effect == Effect::Audit {
                 continue;
             }
-            let rule_idx = c.rules.iter().position(|r| r.name == e.name).unwrap_or(10_000 + i) as u32;
+            let rule_idx = c
+                .rules
+                .iter()
+                .position(|r| r.name == e.name)
+                .unwrap_or(10_000 + i) as u32;
             let cgs: Vec<u64> = if e.workload.is_scoped() {
                 resolve(&e.workload, &all, pods).0.into_iter().collect()
             } else {
@@ -696,7 +731,9 @@ impl State {
         let mut n = 0;
         let mut busy = 0;
         let mut seen: BTreeSet<u64> = self.maps.socks.keys().flatten().collect();
-        let Ok(rd) = std::fs::read_dir("/proc") else { return (0, 0) };
+        let Ok(rd) = std::fs::read_dir("/proc") else {
+            return (0, 0);
+        };
         for e in rd.flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
@@ -704,10 +741,14 @@ impl State {
             if pid == me {
                 continue;
             }
-            let Ok(fds) = std::fs::read_dir(e.path().join("fd")) else { continue };
+            let Ok(fds) = std::fs::read_dir(e.path().join("fd")) else {
+                continue;
+            };
             let mut pidfd: Option<OwnedFd> = None;
             for fd in fds.flatten() {
-                let Ok(target) = std::fs::read_link(fd.path()) else { continue };
+                let Ok(target) = std::fs::read_link(fd.path()) else {
+                    continue;
+                };
                 let t = target.to_string_lossy();
                 let Some(ino) = t
                     .strip_prefix("socket:[")
@@ -839,7 +880,10 @@ impl State {
     fn rule_name(&self, slot: u32) -> Option<String> {
         let p = self.policy.as_ref()?;
         if slot >= 10_000 {
-            return p.endpoints.get((slot - 10_000) as usize).map(|e| e.name.clone());
+            return p
+                .endpoints
+                .get((slot - 10_000) as usize)
+                .map(|e| e.name.clone());
         }
         let kr = p.krules.get(slot as usize);
         match kr {
@@ -860,13 +904,16 @@ impl State {
 fn established_inodes() -> BTreeSet<u64> {
     let mut out = BTreeSet::new();
     for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(t) = std::fs::read_to_string(f) else { continue };
+        let Ok(t) = std::fs::read_to_string(f) else {
+            continue;
+        };
         for l in t.lines().skip(1) {
             let cols: Vec<&str> = l.split_whitespace().collect();
-            if cols.len() > 9 && cols[3] == "01" {
-                if let Ok(i) = cols[9].parse() {
-                    out.insert(i);
-                }
+            if cols.len() > 9
+                && cols[3] == "01"
+                && let Ok(i) = cols[9].parse()
+            {
+                out.insert(i);
             }
         }
     }
@@ -932,7 +979,10 @@ impl State {
         ) {
             Ok(fd) => self.sock_ops_link = Some(fd),
             Err(e) => {
-                error!("attach sock_ops to {}: {e}; calls cannot be blocked", self.cgroup_root.display());
+                error!(
+                    "attach sock_ops to {}: {e}; calls cannot be blocked",
+                    self.cgroup_root.display()
+                );
                 return;
             }
         }
@@ -994,7 +1044,9 @@ fn link_create(prog_fd: i32, target_fd: i32, attach_type: u32) -> std::io::Resul
 
 /// Kernel enforcement counters as JSON (`GET /v1/enforce/stats`).
 pub fn stats_json(state: &Shared) -> Value {
-    let Ok(s) = state.lock() else { return json!({}) };
+    let Ok(s) = state.lock() else {
+        return json!({});
+    };
     let k = s.kernel_stats();
     json!({
         "decisions": k.decisions,
@@ -1015,7 +1067,9 @@ impl Enforcer {
     /// principal map the `principals` selectors (re-read when it learns keys, at least every
     /// second while a rule names principals). Called from the event loop.
     pub fn sync_identity(&mut self, id: &hoop_identity::Resolver) {
-        let Ok(mut st) = self.state.lock() else { return };
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
         if st.pods.is_none() {
             st.set_pods(id.pods().clone());
         }
@@ -1035,7 +1089,10 @@ impl Enforcer {
     }
 
     pub fn kernel_stats(&self) -> KernelStats {
-        self.state.lock().map(|s| s.kernel_stats()).unwrap_or_default()
+        self.state
+            .lock()
+            .map(|s| s.kernel_stats())
+            .unwrap_or_default()
     }
 
     /// Drains kernel decision events.
@@ -1044,13 +1101,17 @@ impl Enforcer {
         while let Some(item) = self.ring.next() {
             if item.len() >= std::mem::size_of::<DecisionEvent>() {
                 // SAFETY: POD read of a length-checked buffer.
-                evs.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DecisionEvent>()) });
+                evs.push(unsafe {
+                    std::ptr::read_unaligned(item.as_ptr().cast::<DecisionEvent>())
+                });
             }
         }
         if evs.is_empty() {
             return;
         }
-        let Ok(mut st) = self.state.lock() else { return };
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
         for ev in evs {
             if ev.kind == enf::KIND_CONNECT {
                 let ip = std::net::Ipv6Addr::from(ev.addr);
@@ -1117,13 +1178,25 @@ impl Enforcer {
                 }
                 st.approvals.push(a);
             }
-            self.queued.entry((ev.tgid, ev.conn)).or_default().push_back(ev);
+            self.queued
+                .entry((ev.tgid, ev.conn))
+                .or_default()
+                .push_back(ev);
         }
     }
 
     /// Sets a record's decision from the kernel's decision for its request.
-    pub fn annotate(&mut self, rec: &mut CallRecord, tgid: u32, conn: u64, req_ts: u64, resp_ts: Option<u64>) {
-        let Some(q) = self.queued.get_mut(&(tgid, conn)) else { return };
+    pub fn annotate(
+        &mut self,
+        rec: &mut CallRecord,
+        tgid: u32,
+        conn: u64,
+        req_ts: u64,
+        resp_ts: Option<u64>,
+    ) {
+        let Some(q) = self.queued.get_mut(&(tgid, conn)) else {
+            return;
+        };
         const SLACK: u64 = 50_000_000;
         while q
             .front()
@@ -1139,7 +1212,9 @@ impl Enforcer {
         if q.is_empty() {
             self.queued.remove(&(tgid, conn));
         }
-        let Ok(mut st) = self.state.lock() else { return };
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
         let rule = st.rule_name(ev.rule);
         let mut effect = outcome_effect(ev.outcome).to_string();
         let call = json!({
@@ -1152,16 +1227,19 @@ impl Enforcer {
         });
         match ev.outcome {
             enf::OUT_APPROVAL_REQUESTED | enf::OUT_HELD => {
-                if let Some(a) = st
-                    .approvals
-                    .iter_mut()
-                    .find(|a| a.tgid == ev.tgid && a.conn == ev.conn && !a.recorded && a.requested_boot_ns == ev.ts_ns)
-                {
+                if let Some(a) = st.approvals.iter_mut().find(|a| {
+                    a.tgid == ev.tgid
+                        && a.conn == ev.conn
+                        && !a.recorded
+                        && a.requested_boot_ns == ev.ts_ns
+                }) {
                     a.recorded = true;
                     a.call = Some(call);
                     match a.state {
                         ApprovalState::Approved if a.held => effect = "approved".into(),
-                        ApprovalState::Denied | ApprovalState::Expired if a.held => effect = "deny".into(),
+                        ApprovalState::Denied | ApprovalState::Expired if a.held => {
+                            effect = "deny".into()
+                        }
                         _ => {}
                     }
                     if !a.held {
@@ -1203,7 +1281,9 @@ impl Enforcer {
     pub fn expire(&mut self) -> Vec<CallRecord> {
         const GRACE: u64 = 3_000_000_000;
         const KEEP: u64 = 60_000_000_000;
-        let Ok(st) = self.state.lock() else { return Vec::new() };
+        let Ok(st) = self.state.lock() else {
+            return Vec::new();
+        };
         let now = st.clock.boot_now();
         let mut out = Vec::new();
         for q in self.queued.values_mut() {
@@ -1212,7 +1292,11 @@ impl Enforcer {
                     ev.outcome,
                     enf::OUT_DENY | enf::OUT_KILL | enf::OUT_APPROVAL_REQUESTED
                 );
-                let due = if blocked { ev.ts_ns + GRACE } else { ev.ts_ns + KEEP };
+                let due = if blocked {
+                    ev.ts_ns + GRACE
+                } else {
+                    ev.ts_ns + KEEP
+                };
                 if due > now {
                     break;
                 }
@@ -1236,12 +1320,23 @@ impl Enforcer {
                 rec.connection.id = format!("{:#x}", ev.conn);
                 rec.connection.tls = "openssl".into();
                 rec.connection.http = "HTTP/1.1".into();
-                if let Some((svc, op)) = st.policy.as_ref().and_then(|p| p.key_names.get(&ev.action)) {
+                if let Some((svc, op)) =
+                    st.policy.as_ref().and_then(|p| p.key_names.get(&ev.action))
+                {
                     rec.aws.service = svc.clone();
                     rec.aws.operation = Some(op.clone());
                     if let Some(s) = hoop_aws::model::model().service(svc) {
-                        let method = s.operation(op).map(|o| o.method.clone()).unwrap_or_default();
-                        rec.aws.iam_action = Some(hoop_aws::tables::iam().action(svc, &s.signing_name, op, &method, false));
+                        let method = s
+                            .operation(op)
+                            .map(|o| o.method.clone())
+                            .unwrap_or_default();
+                        rec.aws.iam_action = Some(hoop_aws::tables::iam().action(
+                            svc,
+                            &s.signing_name,
+                            op,
+                            &method,
+                            false,
+                        ));
                         rec.aws.signing_service = Some(s.signing_name.clone());
                         rec.request.method = method;
                     }
@@ -1285,13 +1380,22 @@ mod tests {
     const UID_B: &str = "9f8e7d6c-aaaa-bbbb-cccc-ddddeeeeffff";
     const CID_A: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
-    fn pod(uid: &str, ns: &str, sa: Option<&str>, labels: &[(&str, &str)], containers: &[&str]) -> PodMeta {
+    fn pod(
+        uid: &str,
+        ns: &str,
+        sa: Option<&str>,
+        labels: &[(&str, &str)],
+        containers: &[&str],
+    ) -> PodMeta {
         PodMeta {
             uid: uid.into(),
             namespace: ns.into(),
             name: format!("p-{ns}"),
             service_account: sa.map(str::to_string),
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             container_ids: containers.iter().map(|c| c.to_string()).collect(),
         }
     }
@@ -1299,18 +1403,34 @@ mod tests {
     /// A fake node: two pods (systemd and cgroupfs layouts) and a host service.
     fn node() -> (Arc<PodCache>, Vec<(String, u64)>) {
         let pods = Arc::new(PodCache::default());
-        pods.upsert(pod(UID_A, "ai-agents", Some("runner"), &[("app", "llm"), ("tier", "x")], &[CID_A]));
+        pods.upsert(pod(
+            UID_A,
+            "ai-agents",
+            Some("runner"),
+            &[("app", "llm"), ("tier", "x")],
+            &[CID_A],
+        ));
         pods.upsert(pod(UID_B, "default", None, &[("app", "web")], &[]));
         let ua = UID_A.replace('-', "_");
         let all = vec![
             ("/kubepods.slice".to_string(), 10),
-            (format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{ua}.slice"), 11),
             (
-                format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{ua}.slice/cri-containerd-{CID_A}.scope"),
+                format!(
+                    "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{ua}.slice"
+                ),
+                11,
+            ),
+            (
+                format!(
+                    "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{ua}.slice/cri-containerd-{CID_A}.scope"
+                ),
                 12,
             ),
             (format!("/kubepods/besteffort/pod{UID_B}"), 20),
-            (format!("/kubepods/besteffort/pod{UID_B}/{}", "f".repeat(64)), 21),
+            (
+                format!("/kubepods/besteffort/pod{UID_B}/{}", "f".repeat(64)),
+                21,
+            ),
             ("/system.slice/ssh.service".to_string(), 30),
         ];
         (pods, all)
@@ -1330,16 +1450,37 @@ mod tests {
         let (pods, _) = node();
         let p = Some(&*pods);
         assert_eq!(ids(&wl("namespace: ai-agents"), p), vec![11, 12]);
-        assert_eq!(ids(&wl("namespace: [\"ai-*\", default]"), p), vec![11, 12, 20, 21]);
+        assert_eq!(
+            ids(&wl("namespace: [\"ai-*\", default]"), p),
+            vec![11, 12, 20, 21]
+        );
         assert_eq!(ids(&wl("pod_labels: {app: llm}"), p), vec![11, 12]);
-        assert_eq!(ids(&wl("labels: {app: llm, tier: y}"), p), Vec::<u64>::new());
+        assert_eq!(
+            ids(&wl("labels: {app: llm, tier: y}"), p),
+            Vec::<u64>::new()
+        );
         assert_eq!(ids(&wl("service_account: runner"), p), vec![11, 12]);
         // No serviceAccountName: the pod runs as `default`.
         assert_eq!(ids(&wl("service_account: default"), p), vec![20, 21]);
         // All selectors must hold.
-        assert_eq!(ids(&wl("{namespace: default, pod_labels: {app: llm}}"), p), Vec::<u64>::new());
-        assert_eq!(ids(&wl("{namespace: ai-agents, cgroup: /kubepods.slice/kubepods-burstable.slice}"), p), vec![11, 12]);
-        assert_eq!(ids(&wl("{namespace: ai-agents, container: 0123456789abcdef}"), p), vec![12]);
+        assert_eq!(
+            ids(&wl("{namespace: default, pod_labels: {app: llm}}"), p),
+            Vec::<u64>::new()
+        );
+        assert_eq!(
+            ids(
+                &wl("{namespace: ai-agents, cgroup: /kubepods.slice/kubepods-burstable.slice}"),
+                p
+            ),
+            vec![11, 12]
+        );
+        assert_eq!(
+            ids(
+                &wl("{namespace: ai-agents, container: 0123456789abcdef}"),
+                p
+            ),
+            vec![12]
+        );
         // Without a pod cache (not in a cluster) they select nothing, never everything.
         assert_eq!(ids(&wl("namespace: ai-agents"), None), Vec::<u64>::new());
         // A pod that appears later is picked up by the next resolution.
@@ -1347,7 +1488,10 @@ mod tests {
         pods.upsert(pod(uc, "ai-agents", None, &[], &[]));
         let mut all = node().1;
         all.push((format!("/kubepods/pod{uc}"), 40));
-        let got: Vec<u64> = resolve(&wl("namespace: ai-agents"), &all, p).0.into_iter().collect();
+        let got: Vec<u64> = resolve(&wl("namespace: ai-agents"), &all, p)
+            .0
+            .into_iter()
+            .collect();
         assert_eq!(got, vec![11, 12, 40]);
     }
 
@@ -1356,7 +1500,10 @@ mod tests {
         let pods = PodCache::default();
         pods.upsert(pod(UID_A, "ai-agents", None, &[], &[CID_A]));
         let all = vec![(format!("/system.slice/docker-{CID_A}.scope"), 5)];
-        let got: Vec<u64> = resolve(&wl("namespace: ai-agents"), &all, Some(&pods)).0.into_iter().collect();
+        let got: Vec<u64> = resolve(&wl("namespace: ai-agents"), &all, Some(&pods))
+            .0
+            .into_iter()
+            .collect();
         assert_eq!(got, vec![5]);
     }
 
@@ -1376,15 +1523,23 @@ mod tests {
 
     #[test]
     fn principals_are_enforced_through_their_known_keys() {
-        let pm = hoop_identity::principal::PrincipalMap::new(hoop_identity::principal::PrincipalConfig {
-            static_keys: BTreeMap::from([
-                ("AKIAAGENT0000000001".to_string(), "arn:aws:iam::123456789012:role/agent-a".to_string()),
-                ("AKIAHUMAN0000000001".to_string(), "arn:aws:iam::123456789012:user/alice".to_string()),
-            ])
-            .into_iter()
-            .collect(),
-            ..Default::default()
-        });
+        let pm = hoop_identity::principal::PrincipalMap::new(
+            hoop_identity::principal::PrincipalConfig {
+                static_keys: BTreeMap::from([
+                    (
+                        "AKIAAGENT0000000001".to_string(),
+                        "arn:aws:iam::123456789012:role/agent-a".to_string(),
+                    ),
+                    (
+                        "AKIAHUMAN0000000001".to_string(),
+                        "arn:aws:iam::123456789012:user/alice".to_string(),
+                    ),
+                ])
+                .into_iter()
+                .collect(),
+                ..Default::default()
+            },
+        );
         let mut known = pm.keys_with_arns();
         known.push((
             "ASIASESSION00000001".into(),
@@ -1394,14 +1549,23 @@ mod tests {
         let got = rule_keys(&r, &known);
         assert_eq!(
             got.into_iter().collect::<Vec<_>>(),
-            vec!["AKIAAGENT0000000001".to_string(), "ASIASESSION00000001".to_string()]
+            vec![
+                "AKIAAGENT0000000001".to_string(),
+                "ASIASESSION00000001".to_string()
+            ]
         );
         // Session ARNs match directly too.
         let r = rule(&[], &["arn:aws:sts::*:assumed-role/agent-b/*"]);
         assert_eq!(rule_keys(&r, &known).len(), 1);
         // Both given: keys that satisfy both.
-        let r = rule(&["AKIAHUMAN0000000001", "AKIAAGENT0000000001"], &["*:role/agent-*"]);
-        assert_eq!(rule_keys(&r, &known).into_iter().collect::<Vec<_>>(), vec!["AKIAAGENT0000000001".to_string()]);
+        let r = rule(
+            &["AKIAHUMAN0000000001", "AKIAAGENT0000000001"],
+            &["*:role/agent-*"],
+        );
+        assert_eq!(
+            rule_keys(&r, &known).into_iter().collect::<Vec<_>>(),
+            vec!["AKIAAGENT0000000001".to_string()]
+        );
         // No principal known yet: the rule has no keys (matches nothing until one is learned).
         assert!(rule_keys(&rule(&[], &["arn:aws:iam::*:role/other"]), &known).is_empty());
         // access_keys alone.
@@ -1412,8 +1576,14 @@ mod tests {
     fn assumed_role_forms() {
         assert_eq!(
             principal_forms("arn:aws:sts::123456789012:assumed-role/ci/s1"),
-            vec!["arn:aws:sts::123456789012:assumed-role/ci/s1", "arn:aws:iam::123456789012:role/ci"]
+            vec![
+                "arn:aws:sts::123456789012:assumed-role/ci/s1",
+                "arn:aws:iam::123456789012:role/ci"
+            ]
         );
-        assert_eq!(principal_forms("arn:aws:iam::1:user/u"), vec!["arn:aws:iam::1:user/u"]);
+        assert_eq!(
+            principal_forms("arn:aws:iam::1:user/u"),
+            vec!["arn:aws:iam::1:user/u"]
+        );
     }
 }

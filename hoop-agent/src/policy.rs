@@ -326,7 +326,11 @@ fn parse_net(s: &str) -> Option<(IpAddr, u8)> {
         Some((a, p)) => (a, Some(p.parse::<u8>().ok()?)),
         None => (s, None),
     };
-    let ip: IpAddr = a.trim().trim_matches(|c| c == '[' || c == ']').parse().ok()?;
+    let ip: IpAddr = a
+        .trim()
+        .trim_matches(|c| c == '[' || c == ']')
+        .parse()
+        .ok()?;
     let max = if ip.is_ipv4() { 32 } else { 128 };
     let p = p.unwrap_or(max);
     (p <= max).then_some((ip, p))
@@ -384,7 +388,11 @@ pub fn rest_keys(signing: u64, method: &str, uri: &str) -> Vec<u64> {
     let n = segs.len() as u64;
     let greedy = matches!(segs.last(), Some(Seg::Greedy(_)));
     let max = enf::MAX_DEPTH as u64;
-    let depths: Vec<u64> = if greedy { (n..=max).collect() } else { vec![n.min(max)] };
+    let depths: Vec<u64> = if greedy {
+        (n..=max).collect()
+    } else {
+        vec![n.min(max)]
+    };
     depths
         .into_iter()
         .map(|d| enf::key_rest(signing, m, d, seg0, qkey))
@@ -406,7 +414,10 @@ fn parse_resource(pat: &str) -> Result<Option<ResPattern>, String> {
             }
         };
         if text.len() > enf::RES_PREFIX_MAX {
-            return Err(format!("`{pat}`: names longer than {} bytes", enf::RES_PREFIX_MAX));
+            return Err(format!(
+                "`{pat}`: names longer than {} bytes",
+                enf::RES_PREFIX_MAX
+            ));
         }
         Ok((mode, text))
     };
@@ -427,7 +438,11 @@ fn parse_resource(pat: &str) -> Result<Option<ResPattern>, String> {
                     "`{pat}`: the kernel matches S3 objects by bucket only (`bucket/*`)"
                 ));
             }
-            let flags = if key.is_some() { enf::RF_OBJECT } else { enf::RF_BUCKET };
+            let flags = if key.is_some() {
+                enf::RF_OBJECT
+            } else {
+                enf::RF_BUCKET
+            };
             if bucket == "*" {
                 return Ok(Some(ResPattern {
                     kind: enf::RES_BUCKET,
@@ -446,10 +461,14 @@ fn parse_resource(pat: &str) -> Result<Option<ResPattern>, String> {
         }
         "dynamodb" => {
             let Some(t) = parts[5].strip_prefix("table/") else {
-                return Err(format!("`{pat}`: the kernel matches DynamoDB tables (`table/NAME`)"));
+                return Err(format!(
+                    "`{pat}`: the kernel matches DynamoDB tables (`table/NAME`)"
+                ));
             };
             if t.contains('/') {
-                return Err(format!("`{pat}`: the kernel matches DynamoDB tables, not indexes or streams"));
+                return Err(format!(
+                    "`{pat}`: the kernel matches DynamoDB tables, not indexes or streams"
+                ));
             }
             let (mode, text) = name_mode(t)?;
             Ok(Some(ResPattern {
@@ -514,8 +533,9 @@ pub fn compile(file: &PolicyFile) -> Result<Compiled, PolicyError> {
             return Err(rule_err(i, name, "hold", "only `approve` rules can hold"));
         }
         let ttl = match &r.grant_ttl {
-            Some(s) => parse_duration(s)
-                .ok_or_else(|| rule_err(i, name, "grant_ttl", format!("`{s}` is not a duration")))?,
+            Some(s) => parse_duration(s).ok_or_else(|| {
+                rule_err(i, name, "grant_ttl", format!("`{s}` is not a duration"))
+            })?,
             None => 900,
         };
         let hold_timeout = match &r.hold_timeout {
@@ -539,7 +559,12 @@ pub fn compile(file: &PolicyFile) -> Result<Compiled, PolicyError> {
         }
         for e in wl.exe.list() {
             if !e.starts_with('/') && !e.starts_with('*') {
-                return Err(rule_err(i, name, "exe", format!("`{e}`: use an absolute path glob")));
+                return Err(rule_err(
+                    i,
+                    name,
+                    "exe",
+                    format!("`{e}`: use an absolute path glob"),
+                ));
             }
         }
         if !m.endpoints.is_empty() {
@@ -556,15 +581,30 @@ pub fn compile(file: &PolicyFile) -> Result<Compiled, PolicyError> {
                 .iter()
                 .map(|e| {
                     parse_net(e).ok_or_else(|| {
-                        rule_err(i, name, "endpoints", format!("`{e}` is not an address or CIDR"))
+                        rule_err(
+                            i,
+                            name,
+                            "endpoints",
+                            format!("`{e}` is not an address or CIDR"),
+                        )
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             if m.ports.len() > 4 {
-                return Err(rule_err(i, name, "ports", "at most 4 ports per endpoint rule"));
+                return Err(rule_err(
+                    i,
+                    name,
+                    "ports",
+                    "at most 4 ports per endpoint rule",
+                ));
             }
             if !matches!(r.effect, Effect::Deny | Effect::Audit) {
-                return Err(rule_err(i, name, "effect", "endpoint rules are `deny` (or `audit`)"));
+                return Err(rule_err(
+                    i,
+                    name,
+                    "effect",
+                    "endpoint rules are `deny` (or `audit`)",
+                ));
             }
             c.endpoints.push(EndpointRule {
                 name: name.to_string(),
@@ -588,11 +628,21 @@ pub fn compile(file: &PolicyFile) -> Result<Compiled, PolicyError> {
             continue;
         }
         if m.actions.is_empty() {
-            return Err(rule_err(i, name, "actions", "at least one IAM action glob is required"));
+            return Err(rule_err(
+                i,
+                name,
+                "actions",
+                "at least one IAM action glob is required",
+            ));
         }
         for a in &m.actions {
             if !a.contains(':') {
-                return Err(rule_err(i, name, "actions", format!("`{a}` is not `service:Action`")));
+                return Err(rule_err(
+                    i,
+                    name,
+                    "actions",
+                    format!("`{a}` is not `service:Action`"),
+                ));
             }
         }
         let ops = expand_actions(&m.actions);
@@ -606,12 +656,22 @@ pub fn compile(file: &PolicyFile) -> Result<Compiled, PolicyError> {
         }
         for k in &m.access_keys {
             if k.len() < 16 || !k.bytes().all(|b| b.is_ascii_alphanumeric()) {
-                return Err(rule_err(i, name, "access_keys", format!("`{k}` is not an access key id")));
+                return Err(rule_err(
+                    i,
+                    name,
+                    "access_keys",
+                    format!("`{k}` is not an access key id"),
+                ));
             }
         }
         for p in &m.principals {
             if !p.starts_with("arn:") {
-                return Err(rule_err(i, name, "principals", format!("`{p}` is not an ARN glob")));
+                return Err(rule_err(
+                    i,
+                    name,
+                    "principals",
+                    format!("`{p}` is not an ARN glob"),
+                ));
             }
         }
         let mut res = Vec::new();
@@ -624,13 +684,20 @@ pub fn compile(file: &PolicyFile) -> Result<Compiled, PolicyError> {
         let first_slot = c.krules.len();
         for rp in res {
             if c.krules.len() >= enf::MAX_RULES as usize {
-                return Err(rule_err(i, name, "resources", "too many rules for the kernel"));
+                return Err(rule_err(
+                    i,
+                    name,
+                    "resources",
+                    "too many rules for the kernel",
+                ));
             }
             c.krules.push(KRule { rule: i, res: rp });
         }
         let slots: Vec<u16> = (first_slot..c.krules.len()).map(|s| s as u16).collect();
         for (svc_name, op, _) in &ops {
-            let Some(svc) = model().service(svc_name) else { continue };
+            let Some(svc) = model().service(svc_name) else {
+                continue;
+            };
             touched_services.insert(svc_name.clone());
             for key in op_keys(svc, op) {
                 let v = c.actions.entry(key).or_default();
@@ -672,7 +739,12 @@ pub fn compile(file: &PolicyFile) -> Result<Compiled, PolicyError> {
             .iter()
             .map(|x| {
                 parse_net(x).ok_or_else(|| {
-                    rule_err(i, &e.name, "endpoints", format!("`{x}` is not an address or CIDR"))
+                    rule_err(
+                        i,
+                        &e.name,
+                        "endpoints",
+                        format!("`{x}` is not an address or CIDR"),
+                    )
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -689,7 +761,9 @@ pub fn compile(file: &PolicyFile) -> Result<Compiled, PolicyError> {
     // one that carries rules (`PUT /{Bucket}`).
     let mut owners: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
     for s in &touched_services {
-        let Some(svc) = model().service(s) else { continue };
+        let Some(svc) = model().service(s) else {
+            continue;
+        };
         for op in &svc.operations {
             for key in op_keys(svc, &op.name) {
                 owners.entry(key).or_default().insert(op.name.clone());
@@ -771,10 +845,15 @@ rules:
 
     #[test]
     fn action_globs_expand() {
-        let c = ok("rules:\n  - name: x\n    effect: audit\n    match:\n      actions: [\"iam:Create*\"]\n");
+        let c = ok(
+            "rules:\n  - name: x\n    effect: audit\n    match:\n      actions: [\"iam:Create*\"]\n",
+        );
         let ops = &c.rules[0].operations;
         assert!(ops.iter().any(|(_, o, _)| o == "CreateUser"));
-        assert!(ops.iter().all(|(s, o, _)| s == "iam" && o.starts_with("Create")));
+        assert!(
+            ops.iter()
+                .all(|(s, o, _)| s == "iam" && o.starts_with("Create"))
+        );
     }
 
     #[test]
@@ -790,9 +869,15 @@ rules:
 "#);
         assert_eq!(c.krules.len(), 2);
         let r0 = c.krules[0].res.as_ref().expect("res");
-        assert_eq!((r0.kind, r0.mode, r0.text.as_str(), r0.flags), (enf::RES_BUCKET, enf::RES_PREFIX, "prod-", enf::RF_OBJECT));
+        assert_eq!(
+            (r0.kind, r0.mode, r0.text.as_str(), r0.flags),
+            (enf::RES_BUCKET, enf::RES_PREFIX, "prod-", enf::RF_OBJECT)
+        );
         let r1 = c.krules[1].res.as_ref().expect("res");
-        assert_eq!((r1.kind, r1.mode, r1.text.as_str()), (enf::RES_TABLE, enf::RES_EXACT, "orders"));
+        assert_eq!(
+            (r1.kind, r1.mode, r1.text.as_str()),
+            (enf::RES_TABLE, enf::RES_EXACT, "orders")
+        );
     }
 
     #[test]
@@ -812,10 +897,12 @@ rules:
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(e.contains("line") && e.contains("effect"), "{e}");
-        let e = compile_str("rules:\n  - name: a\n    effect: deny\n    match:\n      actoins: [\"s3:*\"]\n")
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let e = compile_str(
+            "rules:\n  - name: a\n    effect: deny\n    match:\n      actoins: [\"s3:*\"]\n",
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
         assert!(e.contains("actoins"), "{e}");
     }
 
@@ -835,7 +922,9 @@ rules:
 
     #[test]
     fn endpoints() {
-        let c = ok("endpoints:\n  - name: imds\n    cidrs: [\"169.254.169.254/32\", \"fd00:ec2::254\"]\n    ports: [80]\n");
+        let c = ok(
+            "endpoints:\n  - name: imds\n    cidrs: [\"169.254.169.254/32\", \"fd00:ec2::254\"]\n    ports: [80]\n",
+        );
         assert_eq!(c.endpoints[0].nets.len(), 2);
         assert_eq!(c.endpoints[0].ports, vec![80]);
     }

@@ -19,7 +19,6 @@
 //! trie keyed by (cgroup id or 0, v6 / v4-mapped address).
 
 use crate::{CallArgs, emit};
-use hoop_common::DIR_WRITE;
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, bpf_sock_ops},
     helpers::{
@@ -34,6 +33,7 @@ use aya_ebpf::{
     },
     programs::{ProbeContext, SkMsgContext, SockAddrContext, SockOpsContext},
 };
+use hoop_common::DIR_WRITE;
 use hoop_common::{
     AkidKey, Cands, DecisionEvent, EndpointKey, EndpointVal, EnforceConfig, GrantKey, PendingReq,
     RuleDef, WlKey,
@@ -114,7 +114,9 @@ fn opaque_zero() -> u64 {
     match ENF_CONFIG.get_ptr(0) {
         // SAFETY: `zero` and `_pad` are adjacent u32s at an 8-aligned offset of the value;
         // reading them as one u64 gives the verifier a value with no known bits.
-        Some(c) => unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*c).zero) as *const u64) },
+        Some(c) => unsafe {
+            core::ptr::read_volatile(core::ptr::addr_of!((*c).zero) as *const u64)
+        },
         None => 0,
     }
 }
@@ -342,7 +344,10 @@ extern "C" fn find_cb(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
     }
     let b = byte(s, p);
     if c.what == 0 {
-        if b == b'A' && (p == (c.base & MASK) || byte(s, p.wrapping_sub(1) & MASK) == b'&') && eq_ci(s, p, ACTION_PAT) {
+        if b == b'A'
+            && (p == (c.base & MASK) || byte(s, p.wrapping_sub(1) & MASK) == b'&')
+            && eq_ci(s, p, ACTION_PAT)
+        {
             s.found = p + ACTION_PAT.len() as u64;
             return 1;
         }
@@ -455,13 +460,25 @@ fn method(s: &Scratch) -> (u64, u64) {
     match b0 {
         b'G' if byte(s, 1) == b'E' && byte(s, 2) == b'T' && byte(s, 3) == b' ' => (enf::M_GET, 4),
         b'P' if byte(s, 1) == b'U' && byte(s, 2) == b'T' && byte(s, 3) == b' ' => (enf::M_PUT, 4),
-        b'P' if byte(s, 1) == b'O' && byte(s, 2) == b'S' && byte(s, 3) == b'T' && byte(s, 4) == b' ' => {
+        b'P' if byte(s, 1) == b'O'
+            && byte(s, 2) == b'S'
+            && byte(s, 3) == b'T'
+            && byte(s, 4) == b' ' =>
+        {
             (enf::M_POST, 5)
         }
-        b'D' if byte(s, 1) == b'E' && byte(s, 2) == b'L' && byte(s, 5) == b'E' && byte(s, 6) == b' ' => {
+        b'D' if byte(s, 1) == b'E'
+            && byte(s, 2) == b'L'
+            && byte(s, 5) == b'E'
+            && byte(s, 6) == b' ' =>
+        {
             (enf::M_DELETE, 7)
         }
-        b'H' if byte(s, 1) == b'E' && byte(s, 2) == b'A' && byte(s, 3) == b'D' && byte(s, 4) == b' ' => {
+        b'H' if byte(s, 1) == b'E'
+            && byte(s, 2) == b'A'
+            && byte(s, 3) == b'D'
+            && byte(s, 4) == b' ' =>
+        {
             (enf::M_HEAD, 5)
         }
         b'P' if byte(s, 1) == b'A' && byte(s, 2) == b'T' && byte(s, 5) == b' ' => (enf::M_PATCH, 6),
@@ -670,7 +687,15 @@ fn decide(ctx: &ProbeContext, cfg: &EnforceConfig, req: &Req, who: &Caller) {
 }
 
 #[inline(always)]
-fn act(ctx: &ProbeContext, cfg: &EnforceConfig, r: &RuleDef, ri: u32, key: u64, req: &Req, who: &Caller) {
+fn act(
+    ctx: &ProbeContext,
+    cfg: &EnforceConfig,
+    r: &RuleDef,
+    ri: u32,
+    key: u64,
+    req: &Req,
+    who: &Caller,
+) {
     let monitor = cfg.monitor != 0;
     let outcome = match r.effect {
         enf::EFFECT_AUDIT => enf::OUT_AUDIT,
@@ -720,7 +745,8 @@ pub fn on_write(ctx: &ProbeContext) {
     if cfg.enabled == 0 {
         return;
     }
-    let (Some(ssl), Some(buf), Some(len)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<u64>(2))
+    let (Some(ssl), Some(buf), Some(len)) =
+        (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<u64>(2))
     else {
         return;
     };
@@ -760,7 +786,10 @@ pub fn on_write(ctx: &ProbeContext) {
     stat(enf::STAT_CLASSIFIED, 1);
     if t0 != 0 {
         stat(enf::STAT_DECISIONS, 1);
-        stat(enf::STAT_DECISION_NS, unsafe { bpf_ktime_get_boot_ns() } - t0);
+        stat(
+            enf::STAT_DECISION_NS,
+            unsafe { bpf_ktime_get_boot_ns() } - t0,
+        );
     }
 }
 
@@ -815,7 +844,11 @@ fn classify(who: &Caller, pending: Option<PendingReq>) -> Option<Req> {
     if ls_auth != 0 {
         unsafe { bpf_loop(128, cred_cb as *mut _, (&mut cs as *mut CredScan).cast(), 0) };
     }
-    let (akid, svc) = if cs.field == 4 { (cs.akid, cs.svc) } else { (0, 0) };
+    let (akid, svc) = if cs.field == 4 {
+        (cs.akid, cs.svc)
+    } else {
+        (0, 0)
+    };
     let mut req = Req {
         akid,
         keys: [0; 4],
@@ -1028,7 +1061,9 @@ pub fn hoop_sk_msg(_ctx: SkMsgContext) -> u32 {
 
 #[inline(always)]
 fn connect_check(addr: [u8; 16], port: u16) -> i32 {
-    let Some(cfg) = ENF_CONFIG.get(0) else { return 1 };
+    let Some(cfg) = ENF_CONFIG.get(0) else {
+        return 1;
+    };
     if cfg.enabled == 0 {
         return 1;
     }
@@ -1047,7 +1082,8 @@ fn connect_check(addr: [u8; 16], port: u16) -> i32 {
     }
     let Some(v) = hit else { return 1 };
     let any = v.ports[0] == 0;
-    if !any && v.ports[0] != port && v.ports[1] != port && v.ports[2] != port && v.ports[3] != port {
+    if !any && v.ports[0] != port && v.ports[1] != port && v.ports[2] != port && v.ports[3] != port
+    {
         return 1;
     }
     stat(enf::STAT_CONNECT_DENIED, 1);

@@ -41,7 +41,12 @@ fn start(policy: &str) -> anyhow::Result<Enf> {
 }
 
 /// Runs enforce_calls.py with `steps`; returns (pid, results by step).
-fn calls(emu: &Emulator, key: Option<&str>, cgroup: Option<&Path>, steps: &[String]) -> anyhow::Result<(u32, Vec<Value>)> {
+fn calls(
+    emu: &Emulator,
+    key: Option<&str>,
+    cgroup: Option<&Path>,
+    steps: &[String],
+) -> anyhow::Result<(u32, Vec<Value>)> {
     let script = client_script("enforce_calls.py");
     let py = repo_root().join(".venv/bin/python");
     let mut cmd = match cgroup {
@@ -68,7 +73,10 @@ fn calls(emu: &Emulator, key: Option<&str>, cgroup: Option<&Path>, steps: &[Stri
         cmd.env("AWS_ACCESS_KEY_ID", k);
     }
     let (pid, out) = run_client(cmd)?;
-    let res = out.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let res = out
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
     Ok((pid, res))
 }
 
@@ -144,8 +152,17 @@ rules:
 "#
     ))?;
     let id = std::process::id();
-    let (b, t, u) = (format!("hoop-enf-{id}"), format!("hoop-enf-t-{id}"), format!("hoop-enf-u-{id}"));
-    let (_, setup) = calls(&emu, None, None, &[format!("create-bucket:{b}"), format!("create-table:{t}")])?;
+    let (b, t, u) = (
+        format!("hoop-enf-{id}"),
+        format!("hoop-enf-t-{id}"),
+        format!("hoop-enf-u-{id}"),
+    );
+    let (_, setup) = calls(
+        &emu,
+        None,
+        None,
+        &[format!("create-bucket:{b}"), format!("create-table:{t}")],
+    )?;
     assert!(setup.iter().all(|r| r["ok"] == true), "setup: {setup:?}");
 
     let steps = vec![
@@ -158,9 +175,18 @@ rules:
     ];
     let (pid, res) = calls(&emu, Some(&key), None, &steps)?;
     assert!(!ok_of(&res, &steps[0]), "DeleteBucket must fail: {res:?}");
-    assert!(ms_of(&res, &steps[0]) < 2000.0, "DeleteBucket fails at once: {res:?}");
-    assert!(ok_of(&res, &steps[1]), "PutObject (same client) must pass: {res:?}");
-    assert!(!ok_of(&res, &steps[2]), "PutBucketPolicy must fail: {res:?}");
+    assert!(
+        ms_of(&res, &steps[0]) < 2000.0,
+        "DeleteBucket fails at once: {res:?}"
+    );
+    assert!(
+        ok_of(&res, &steps[1]),
+        "PutObject (same client) must pass: {res:?}"
+    );
+    assert!(
+        !ok_of(&res, &steps[2]),
+        "PutBucketPolicy must fail: {res:?}"
+    );
     assert!(!ok_of(&res, &steps[3]), "DeleteTable must fail: {res:?}");
     assert!(ok_of(&res, &steps[4]), "DescribeTable must pass: {res:?}");
     assert!(!ok_of(&res, &steps[5]), "CreateUser must fail: {res:?}");
@@ -175,24 +201,40 @@ rules:
     let (_, after) = calls(&emu, None, None, &check)?;
     assert!(ok_of(&after, &check[0]), "bucket still exists: {after:?}");
     assert!(ok_of(&after, &check[1]), "table still exists: {after:?}");
-    assert!(!ok_of(&after, &check[2]), "no bucket policy was set: {after:?}");
+    assert!(
+        !ok_of(&after, &check[2]),
+        "no bucket policy was set: {after:?}"
+    );
     assert!(!ok_of(&after, &check[3]), "no user was created: {after:?}");
 
     let recs = enf.agent.wait_records(pid, WAIT, |r| {
-        ["DeleteBucket", "PutBucketPolicy", "DeleteTable", "CreateUser"]
-            .iter()
-            .all(|op| !decision_of(r, op).is_empty())
+        [
+            "DeleteBucket",
+            "PutBucketPolicy",
+            "DeleteTable",
+            "CreateUser",
+        ]
+        .iter()
+        .all(|op| !decision_of(r, op).is_empty())
     });
-    for op in ["DeleteBucket", "PutBucketPolicy", "DeleteTable", "CreateUser"] {
+    for op in [
+        "DeleteBucket",
+        "PutBucketPolicy",
+        "DeleteTable",
+        "CreateUser",
+    ] {
         let d = decision_of(&recs, op);
         assert!(
-            d.iter().any(|d| d["effect"] == "deny" && d["rule"] == "no-destruction"),
+            d.iter()
+                .any(|d| d["effect"] == "deny" && d["rule"] == "no-destruction"),
             "{op} recorded as denied: {d:?}\n{}",
             serde_json::to_string_pretty(&recs).unwrap_or_default()
         );
     }
     assert!(
-        decision_of(&recs, "PutObject").iter().all(|d| d["effect"] == "allow"),
+        decision_of(&recs, "PutObject")
+            .iter()
+            .all(|d| d["effect"] == "allow"),
         "PutObject allowed"
     );
     enf.agent.stop()?;
@@ -209,12 +251,23 @@ fn cgroup_scoped_rule_leaves_other_processes_alone() -> anyhow::Result<()> {
     ))?;
     let id = std::process::id();
     let (b1, b2) = (format!("hoop-cg1-{id}"), format!("hoop-cg2-{id}"));
-    let (_, setup) = calls(&emu, None, None, &[format!("create-bucket:{b1}"), format!("create-bucket:{b2}")])?;
+    let (_, setup) = calls(
+        &emu,
+        None,
+        None,
+        &[format!("create-bucket:{b1}"), format!("create-bucket:{b2}")],
+    )?;
     assert!(setup.iter().all(|r| r["ok"] == true), "setup: {setup:?}");
     let (_, inside) = calls(&emu, None, Some(&cg.0), &[format!("delete-bucket:{b1}")])?;
-    assert!(!inside[0]["ok"].as_bool().unwrap_or(true), "inside the cgroup: denied {inside:?}");
+    assert!(
+        !inside[0]["ok"].as_bool().unwrap_or(true),
+        "inside the cgroup: denied {inside:?}"
+    );
     let (_, outside) = calls(&emu, None, None, &[format!("delete-bucket:{b2}")])?;
-    assert!(outside[0]["ok"].as_bool().unwrap_or(false), "outside: allowed {outside:?}");
+    assert!(
+        outside[0]["ok"].as_bool().unwrap_or(false),
+        "outside: allowed {outside:?}"
+    );
     let (_, after) = calls(&emu, None, None, &[format!("head-bucket:{b1}")])?;
     assert!(after[0]["ok"].as_bool().unwrap_or(false), "b1 still exists");
     enf.agent.stop()?;
@@ -229,11 +282,25 @@ fn monitor_mode_blocks_nothing_and_records_would_deny() -> anyhow::Result<()> {
         "mode: monitor\nrules:\n  - name: watch\n    effect: deny\n    match:\n      access_keys: [\"{key}\"]\n      actions: [\"s3:DeleteBucket\"]\n"
     ))?;
     let b = format!("hoop-mon-{}", std::process::id());
-    let (pid, res) = calls(&emu, Some(&key), None, &[format!("create-bucket:{b}"), format!("delete-bucket:{b}")])?;
-    assert!(res.iter().all(|r| r["ok"] == true), "monitor blocks nothing: {res:?}");
-    let recs = enf.agent.wait_records(pid, WAIT, |r| !decision_of(r, "DeleteBucket").is_empty());
+    let (pid, res) = calls(
+        &emu,
+        Some(&key),
+        None,
+        &[format!("create-bucket:{b}"), format!("delete-bucket:{b}")],
+    )?;
+    assert!(
+        res.iter().all(|r| r["ok"] == true),
+        "monitor blocks nothing: {res:?}"
+    );
+    let recs = enf
+        .agent
+        .wait_records(pid, WAIT, |r| !decision_of(r, "DeleteBucket").is_empty());
     let d = decision_of(&recs, "DeleteBucket");
-    assert!(d.iter().any(|d| d["effect"] == "would-deny" && d["rule"] == "watch"), "{d:?}");
+    assert!(
+        d.iter()
+            .any(|d| d["effect"] == "would-deny" && d["rule"] == "watch"),
+        "{d:?}"
+    );
     enf.agent.stop()?;
     Ok(())
 }
@@ -277,7 +344,10 @@ print(json.dumps(out))
             Some(cgp) => {
                 let mut c = Command::new("sh");
                 c.arg("-c")
-                    .arg(format!("echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"", cgp.display()))
+                    .arg(format!(
+                        "echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"",
+                        cgp.display()
+                    ))
                     .arg(&py);
                 c
             }
@@ -296,12 +366,30 @@ print(json.dumps(out))
         assert_eq!(outside[k], "connected", "{k} from elsewhere: {outside}");
     }
     let start = Instant::now();
-    while !enf.agent.records().iter().any(|r| r["type"] == "endpoint-decision") && start.elapsed() < WAIT {
+    while !enf
+        .agent
+        .records()
+        .iter()
+        .any(|r| r["type"] == "endpoint-decision")
+        && start.elapsed() < WAIT
+    {
         std::thread::sleep(Duration::from_millis(100));
     }
-    let evs: Vec<Value> = enf.agent.records().into_iter().filter(|r| r["type"] == "endpoint-decision").collect();
-    assert!(evs.iter().any(|e| e["rule"] == "no-metadata" && e["destination"] == "::1"), "{evs:?}");
-    assert!(evs.iter().any(|e| e["destination"] == "127.0.0.1"), "{evs:?}");
+    let evs: Vec<Value> = enf
+        .agent
+        .records()
+        .into_iter()
+        .filter(|r| r["type"] == "endpoint-decision")
+        .collect();
+    assert!(
+        evs.iter()
+            .any(|e| e["rule"] == "no-metadata" && e["destination"] == "::1"),
+        "{evs:?}"
+    );
+    assert!(
+        evs.iter().any(|e| e["destination"] == "127.0.0.1"),
+        "{evs:?}"
+    );
     drop((l4, l6));
     enf.agent.stop()?;
     Ok(())
@@ -318,7 +406,11 @@ fn cli(socket: &Path, args: &[&str]) -> anyhow::Result<Value> {
         .arg(socket)
         .args(args)
         .output()?;
-    anyhow::ensure!(out.status.success(), "approvals {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.status.success(),
+        "approvals {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
@@ -339,7 +431,9 @@ fn approval_flow_end_to_end() -> anyhow::Result<()> {
     let id = loop {
         let l = cli(&enf.socket, &["list"])?;
         if let Some(a) = l["approvals"].as_array().and_then(|a| {
-            a.iter().find(|a| a["pid"] == pid1 && a["state"] == "pending" && a["operation"] == "s3:DeleteBucket")
+            a.iter().find(|a| {
+                a["pid"] == pid1 && a["state"] == "pending" && a["operation"] == "s3:DeleteBucket"
+            })
         }) {
             break a["id"].as_u64().unwrap_or(0);
         }
@@ -348,23 +442,59 @@ fn approval_flow_end_to_end() -> anyhow::Result<()> {
     };
     let a = cli(&enf.socket, &["approve", &id.to_string()])?;
     assert_eq!(a["state"], "approved");
-    assert!(a["decided_by"].as_str().is_some_and(|s| s.contains("uid=0")), "{a}");
+    assert!(
+        a["decided_by"]
+            .as_str()
+            .is_some_and(|s| s.contains("uid=0")),
+        "{a}"
+    );
     let (pid2, second) = calls(&emu, Some(&key), None, &[format!("delete-bucket:{b}")])?;
     assert!(second[0]["ok"] == true, "retry passes: {second:?}");
-    let r1 = enf.agent.wait_records(pid1, WAIT, |r| !decision_of(r, "DeleteBucket").is_empty());
-    assert!(decision_of(&r1, "DeleteBucket").iter().any(|d| d["effect"] == "approval-requested"), "{r1:?}");
-    let r2 = enf.agent.wait_records(pid2, WAIT, |r| !decision_of(r, "DeleteBucket").is_empty());
-    assert!(decision_of(&r2, "DeleteBucket").iter().any(|d| d["effect"] == "approved" && d["rule"] == "ask-first"), "{r2:?}");
+    let r1 = enf
+        .agent
+        .wait_records(pid1, WAIT, |r| !decision_of(r, "DeleteBucket").is_empty());
+    assert!(
+        decision_of(&r1, "DeleteBucket")
+            .iter()
+            .any(|d| d["effect"] == "approval-requested"),
+        "{r1:?}"
+    );
+    let r2 = enf
+        .agent
+        .wait_records(pid2, WAIT, |r| !decision_of(r, "DeleteBucket").is_empty());
+    assert!(
+        decision_of(&r2, "DeleteBucket")
+            .iter()
+            .any(|d| d["effect"] == "approved" && d["rule"] == "ask-first"),
+        "{r2:?}"
+    );
     let start = Instant::now();
     loop {
-        let lines: Vec<Value> = enf.agent.records().into_iter().filter(|r| r["type"] == "approval").collect();
+        let lines: Vec<Value> = enf
+            .agent
+            .records()
+            .into_iter()
+            .filter(|r| r["type"] == "approval")
+            .collect();
         let has = |e: &str| lines.iter().any(|l| l["event"] == e && l["id"] == id);
-        if has("requested") && has("approved") && lines.iter().any(|l| l["event"] == "used" && l["pid"] == pid2) {
-            let req = lines.iter().find(|l| l["event"] == "requested").cloned().unwrap_or_default();
+        if has("requested")
+            && has("approved")
+            && lines
+                .iter()
+                .any(|l| l["event"] == "used" && l["pid"] == pid2)
+        {
+            let req = lines
+                .iter()
+                .find(|l| l["event"] == "requested")
+                .cloned()
+                .unwrap_or_default();
             assert_eq!(req["call"]["aws"]["operation"], "DeleteBucket", "{req}");
             break;
         }
-        anyhow::ensure!(start.elapsed() < WAIT, "approval trail incomplete: {lines:?}");
+        anyhow::ensure!(
+            start.elapsed() < WAIT,
+            "approval trail incomplete: {lines:?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     enf.agent.stop()?;
@@ -384,10 +514,21 @@ fn invalid_policy_is_rejected_and_the_previous_one_stays() -> anyhow::Result<()>
         "rules:\n  - name: broken\n    effect: deny\n    match:\n      actions: [\"nosuchservice:Thing\"]\n",
     )?;
     let line = enf.agent.wait_log("rejected", WAIT)?;
-    assert!(line.contains("rule 0 (broken)") && line.contains("`actions`"), "{line}");
+    assert!(
+        line.contains("rule 0 (broken)") && line.contains("`actions`"),
+        "{line}"
+    );
     let b = format!("hoop-inv-{}", std::process::id());
-    let (_, res) = calls(&emu, Some(&key), None, &[format!("create-bucket:{b}"), format!("delete-bucket:{b}")])?;
-    assert!(res[0]["ok"] == true && res[1]["ok"] == false, "previous policy still enforced: {res:?}");
+    let (_, res) = calls(
+        &emu,
+        Some(&key),
+        None,
+        &[format!("create-bucket:{b}"), format!("delete-bucket:{b}")],
+    )?;
+    assert!(
+        res[0]["ok"] == true && res[1]["ok"] == false,
+        "previous policy still enforced: {res:?}"
+    );
     enf.agent.stop()?;
     Ok(())
 }
@@ -404,9 +545,13 @@ impl Bg {
         cmd.arg(client_script("enforce_calls.py")).args(steps);
         emu.client_env(&mut cmd);
         cmd.env("AWS_ACCESS_KEY_ID", key);
-        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::inherit());
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit());
         let mut child = cmd.spawn()?;
-        let out = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let out = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = lines.clone();
         std::thread::spawn(move || {
@@ -435,7 +580,11 @@ impl Bg {
             if r.len() >= n {
                 return Ok(r);
             }
-            anyhow::ensure!(start.elapsed() < timeout, "client gave {} of {n} results: {r:?}", r.len());
+            anyhow::ensure!(
+                start.elapsed() < timeout,
+                "client gave {} of {n} results: {r:?}",
+                r.len()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -509,12 +658,18 @@ fn connections_opened_before_the_agent_are_enforced() -> anyhow::Result<()> {
     let pid = client.pid();
     let socks_during = socket_inodes(pid);
     let res = client.finish()?;
-    assert!(!ok_of(&res, &format!("delete-bucket:{b}")), "DeleteBucket on the old connection must fail: {res:?}\n{adopted}");
+    assert!(
+        !ok_of(&res, &format!("delete-bucket:{b}")),
+        "DeleteBucket on the old connection must fail: {res:?}\n{adopted}"
+    );
     assert!(
         ms_of(&res, &format!("delete-bucket:{b}")) < 2000.0,
         "fails at once: {res:?}"
     );
-    assert_eq!(socks_before, socks_during, "the denied call used the connection opened before the agent");
+    assert_eq!(
+        socks_before, socks_during,
+        "the denied call used the connection opened before the agent"
+    );
     let (_, after) = calls(&emu, None, None, &[format!("head-bucket:{b}")])?;
     assert!(after[0]["ok"] == true, "bucket still exists: {after:?}");
     // Without the terminal colours of the log line.
@@ -535,9 +690,13 @@ fn connections_opened_before_the_agent_are_enforced() -> anyhow::Result<()> {
         .and_then(|t| t.parse().ok())
         .unwrap_or(0);
     assert!(n >= 1, "adopted at least the client's socket: {adopted}");
-    let recs = enf.agent.wait_records(pid, WAIT, |r| !decision_of(r, "DeleteBucket").is_empty());
+    let recs = enf
+        .agent
+        .wait_records(pid, WAIT, |r| !decision_of(r, "DeleteBucket").is_empty());
     assert!(
-        decision_of(&recs, "DeleteBucket").iter().any(|d| d["effect"] == "deny" && d["rule"] == "pre"),
+        decision_of(&recs, "DeleteBucket")
+            .iter()
+            .any(|d| d["effect"] == "deny" && d["rule"] == "pre"),
         "{recs:?}"
     );
     enf.agent.stop()?;
@@ -565,15 +724,19 @@ fn hold_pauses_the_caller_until_approved() -> anyhow::Result<()> {
     // Stopped in the kernel (SIGSTOP from the SSL_write probe): state T.
     let start_t = Instant::now();
     while proc_state(pid) != Some('T') {
-        anyhow::ensure!(start_t.elapsed() < WAIT, "client never stopped: state {:?}", proc_state(pid));
+        anyhow::ensure!(
+            start_t.elapsed() < WAIT,
+            "client never stopped: state {:?}",
+            proc_state(pid)
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let id = loop {
         let l = cli(&enf.socket, &["list"])?;
-        if let Some(a) = l["approvals"]
-            .as_array()
-            .and_then(|a| a.iter().find(|a| a["pid"] == pid && a["state"] == "pending" && a["held"] == true))
-        {
+        if let Some(a) = l["approvals"].as_array().and_then(|a| {
+            a.iter()
+                .find(|a| a["pid"] == pid && a["state"] == "pending" && a["held"] == true)
+        }) {
             break a["id"].as_u64().unwrap_or(0);
         }
         anyhow::ensure!(start_t.elapsed() < WAIT, "no held approval: {l}");
@@ -586,12 +749,22 @@ fn hold_pauses_the_caller_until_approved() -> anyhow::Result<()> {
     let a = cli(&enf.socket, &["approve", &id.to_string()])?;
     assert_eq!(a["state"], "approved");
     let res = client.finish()?;
-    assert!(ok_of(&res, &format!("delete-bucket:{b}")), "the held call completes after approval: {res:?}");
-    let (_, after) = calls(&emu, None, None, &[format!("head-bucket:{b}")])?;
-    assert!(after[0]["ok"] == false, "the bucket was really deleted: {after:?}");
-    let recs = enf.agent.wait_records(pid, WAIT, |r| !decision_of(r, "DeleteBucket").is_empty());
     assert!(
-        decision_of(&recs, "DeleteBucket").iter().any(|d| d["effect"] == "approved" && d["rule"] == "hold-it"),
+        ok_of(&res, &format!("delete-bucket:{b}")),
+        "the held call completes after approval: {res:?}"
+    );
+    let (_, after) = calls(&emu, None, None, &[format!("head-bucket:{b}")])?;
+    assert!(
+        after[0]["ok"] == false,
+        "the bucket was really deleted: {after:?}"
+    );
+    let recs = enf
+        .agent
+        .wait_records(pid, WAIT, |r| !decision_of(r, "DeleteBucket").is_empty());
+    assert!(
+        decision_of(&recs, "DeleteBucket")
+            .iter()
+            .any(|d| d["effect"] == "approved" && d["rule"] == "hold-it"),
         "{recs:?}"
     );
     enf.agent.stop()?;
@@ -626,17 +799,37 @@ fn principal_rule_is_enforced_through_its_keys() -> anyhow::Result<()> {
     ])?;
     let id = std::process::id();
     let (b1, b2) = (format!("hoop-pr1-{id}"), format!("hoop-pr2-{id}"));
-    let (_, setup) = calls(&emu, None, None, &[format!("create-bucket:{b1}"), format!("create-bucket:{b2}")])?;
+    let (_, setup) = calls(
+        &emu,
+        None,
+        None,
+        &[format!("create-bucket:{b1}"), format!("create-bucket:{b2}")],
+    )?;
     assert!(setup.iter().all(|r| r["ok"] == true), "setup: {setup:?}");
     // The principal map is read from the event loop: give it a moment after start.
     std::thread::sleep(Duration::from_millis(1500));
-    let (pid, res) = calls(&emu, Some(&agent_key), None, &[format!("delete-bucket:{b1}")])?;
-    assert!(res[0]["ok"] == false, "the agent role's key is denied: {res:?}");
-    let (_, res) = calls(&emu, Some(&other_key), None, &[format!("delete-bucket:{b2}")])?;
+    let (pid, res) = calls(
+        &emu,
+        Some(&agent_key),
+        None,
+        &[format!("delete-bucket:{b1}")],
+    )?;
+    assert!(
+        res[0]["ok"] == false,
+        "the agent role's key is denied: {res:?}"
+    );
+    let (_, res) = calls(
+        &emu,
+        Some(&other_key),
+        None,
+        &[format!("delete-bucket:{b2}")],
+    )?;
     assert!(res[0]["ok"] == true, "another principal passes: {res:?}");
     let recs = agent.wait_records(pid, WAIT, |r| !decision_of(r, "DeleteBucket").is_empty());
     assert!(
-        decision_of(&recs, "DeleteBucket").iter().any(|d| d["effect"] == "deny" && d["rule"] == "agents"),
+        decision_of(&recs, "DeleteBucket")
+            .iter()
+            .any(|d| d["effect"] == "deny" && d["rule"] == "agents"),
         "{recs:?}"
     );
     agent.stop()?;

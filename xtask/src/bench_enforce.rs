@@ -294,8 +294,10 @@ pub fn run(scale: f64) -> Result<()> {
             std::fs::create_dir_all(&dir)?;
             if enf {
                 let agent = Agent::start(&bin, &dir, &["--policy", &pol_s, "--enforce-stats"])?;
-                agent.wait_for("socket enforcement attached")?;
                 let s0 = agent.stats()?;
+                if s0["sock_ops_attached"] != true {
+                    bail!("the policy did not attach socket enforcement: {s0}");
+                }
                 b = python_rate(&script, &calls, &env)?;
                 let s1 = agent.stats()?;
                 let d = |k: &str| {
