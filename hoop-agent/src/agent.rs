@@ -6,8 +6,8 @@
 
 use crate::audit::Audit;
 use crate::capture::{Assembler, CaptureConfig, Exchange};
-use crate::metrics::Metrics;
 use crate::discovery::{self, Discovery};
+use crate::metrics::Metrics;
 use crate::probes::{CounterReader, KernelCounters, Probes};
 use crate::record::{self, Clock};
 use anyhow::{Context, Result};
@@ -100,8 +100,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
     // Live records for `hoop-agent tail` (JSON lines; slow readers skip ahead).
     let (events, _) = tokio::sync::broadcast::channel::<std::sync::Arc<str>>(4096);
-    let mut router = crate::audit::routes(audit.store.clone())
-        .merge(crate::tail::routes(events.clone()));
+    let mut router =
+        crate::audit::routes(audit.store.clone()).merge(crate::tail::routes(events.clone()));
     if let Some(e) = &enforcer {
         router = router.merge(crate::api::approval_routes(e.state.clone()));
     }
@@ -127,8 +127,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         })
         .context("spawn discovery thread")?;
 
-    let identity = hoop_identity::Resolver::new(opts.identity.clone())
-        .context("start identity resolution")?;
+    let identity =
+        hoop_identity::Resolver::new(opts.identity.clone()).context("start identity resolution")?;
     let mut sink = Sink::open(&opts)?;
     let mut ev = EventLoop {
         assembler: Assembler::new(opts.capture),
@@ -317,8 +317,10 @@ impl EventLoop {
     fn export_counters(&mut self, c: &KernelCounters) {
         let m = &self.metrics;
         let l = &self.last_counters;
-        m.records_lost.inc_by(c.lost_records.saturating_sub(l.lost_records));
-        m.record_bytes_lost.inc_by(c.lost_bytes.saturating_sub(l.lost_bytes));
+        m.records_lost
+            .inc_by(c.lost_records.saturating_sub(l.lost_records));
+        m.record_bytes_lost
+            .inc_by(c.lost_bytes.saturating_sub(l.lost_bytes));
         m.proc_events_lost
             .inc_by(c.lost_proc_events.saturating_sub(l.lost_proc_events));
         let s = self.assembler.stats();
@@ -365,7 +367,9 @@ impl EventLoop {
         match self.audit.record(&mut rec) {
             Ok(latency) => {
                 self.metrics.store_events.inc();
-                self.metrics.store_write_seconds.observe(latency.as_secs_f64());
+                self.metrics
+                    .store_write_seconds
+                    .observe(latency.as_secs_f64());
             }
             Err(e) => warn!("audit store append failed: {e:#}"),
         }
@@ -388,17 +392,16 @@ impl EventLoop {
     fn attribute(&self, ex: &Exchange, rec: &mut CallRecord) {
         let akid = rec.identity.access_key_id.clone();
         if let Some(resp) = ex.response.as_ref() {
-            let _ = self
-                .identity
-                .principals()
-                .learn_from_exchange(&hoop_identity::principal::HttpExchange {
+            let _ = self.identity.principals().learn_from_exchange(
+                &hoop_identity::principal::HttpExchange {
                     host: rec.request.host.as_deref(),
                     method: &ex.request.head.method,
                     target: &ex.request.head.target,
                     signing_access_key_id: akid.as_deref(),
                     status: resp.head.status,
                     response_body: &resp.body,
-                });
+                },
+            );
         }
         let o = &ex.origin;
         let (mut process, workload, mut identity) =
@@ -430,7 +433,13 @@ impl EventLoop {
             };
             self.attribute(&ex, &mut rec);
             if let Some(e) = self.enforcer.as_mut() {
-                e.annotate(&mut rec, ex.key.tgid, ex.key.conn, ex.request_ts, ex.response_ts);
+                e.annotate(
+                    &mut rec,
+                    ex.key.tgid,
+                    ex.key.conn,
+                    ex.request_ts,
+                    ex.response_ts,
+                );
             }
             self.deliver(rec, sink)?;
         }
@@ -490,7 +499,9 @@ impl Sink {
             None => None,
         };
         Ok(Sink {
-            stdout: opts.stdout.then(|| std::io::BufWriter::new(std::io::stdout())),
+            stdout: opts
+                .stdout
+                .then(|| std::io::BufWriter::new(std::io::stdout())),
             file,
         })
     }

@@ -31,7 +31,9 @@ impl<'a> Record<'a> {
         let header: TlsEventHeader =
             unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<TlsEventHeader>()) };
         let cap = header.cap_len as usize;
-        if bytes.len() < TLS_HEADER_LEN + cap || header.offset as u64 + cap as u64 > header.full_len as u64 {
+        if bytes.len() < TLS_HEADER_LEN + cap
+            || header.offset as u64 + cap as u64 > header.full_len as u64
+        {
             return Err(RecordError::BadLength);
         }
         if header.direction != DIR_READ && header.direction != DIR_WRITE {
@@ -386,7 +388,11 @@ impl Assembler {
                 };
                 // A response whose body the application never finished reading still says
                 // how the call ended.
-                match conn.responses.take_partial().filter(|m| m.head.status >= 200) {
+                match conn
+                    .responses
+                    .take_partial()
+                    .filter(|m| m.head.status >= 200)
+                {
                     Some(msg) => out.push(Exchange {
                         key: *key,
                         origin: p.origin,
@@ -417,7 +423,12 @@ impl Assembler {
 
     /// The process exited: its connections are over, flush what is pending.
     pub fn process_exited(&mut self, tgid: u32, out: &mut Vec<Exchange>) {
-        let keys: Vec<ConnKey> = self.conns.keys().filter(|k| k.tgid == tgid).copied().collect();
+        let keys: Vec<ConnKey> = self
+            .conns
+            .keys()
+            .filter(|k| k.tgid == tgid)
+            .copied()
+            .collect();
         for key in keys {
             self.close_conn(key, out);
         }
@@ -529,7 +540,16 @@ mod tests {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn record_part(tgid: u32, conn: u64, dir: u8, ts: u64, data: &[u8], offset: u32, full: u32, flags: u8) -> Vec<u8> {
+    fn record_part(
+        tgid: u32,
+        conn: u64,
+        dir: u8,
+        ts: u64,
+        data: &[u8],
+        offset: u32,
+        full: u32,
+        flags: u8,
+    ) -> Vec<u8> {
         let mut comm = [0u8; COMM_LEN];
         comm[..6].copy_from_slice(b"python");
         let h = TlsEventHeader {
@@ -571,7 +591,10 @@ mod tests {
             }
         }
         assert_eq!(out.len(), 3);
-        assert!(out.iter().all(|e| e.response.as_ref().is_some_and(|r| r.head.status == 200)));
+        assert!(
+            out.iter()
+                .all(|e| e.response.as_ref().is_some_and(|r| r.head.status == 200))
+        );
         assert_eq!(out[0].origin.comm, "python");
         assert_eq!(out[0].request_ts, 100);
     }
@@ -595,8 +618,23 @@ mod tests {
         a.push_bytes(&record(30, 2, DIR_WRITE, 1, head), &mut out);
         // The kernel copied the head and the tail of a 1 MiB write, skipping the middle.
         let chunk = vec![b'x'; 16384];
-        a.push_bytes(&record_part(30, 2, DIR_WRITE, 2, &chunk, 0, 1 << 20, 0), &mut out);
-        a.push_bytes(&record_part(30, 2, DIR_WRITE, 2, &chunk, (1 << 20) - 16384, 1 << 20, FLAG_SKIPPED), &mut out);
+        a.push_bytes(
+            &record_part(30, 2, DIR_WRITE, 2, &chunk, 0, 1 << 20, 0),
+            &mut out,
+        );
+        a.push_bytes(
+            &record_part(
+                30,
+                2,
+                DIR_WRITE,
+                2,
+                &chunk,
+                (1 << 20) - 16384,
+                1 << 20,
+                FLAG_SKIPPED,
+            ),
+            &mut out,
+        );
         a.push_bytes(&record(30, 2, DIR_READ, 3, RESP), &mut out);
         a.push_bytes(&record(30, 2, DIR_WRITE, 4, REQ), &mut out);
         a.push_bytes(&record(30, 2, DIR_READ, 5, RESP), &mut out);
@@ -622,10 +660,25 @@ mod tests {
         let full = write.len() as u32;
         for i in 0..7u32 {
             let o = (i * 16384) as usize;
-            a.push_bytes(&record_part(31, 2, DIR_WRITE, 2, &write[o..o + 16384], o as u32, full, 0), &mut out);
+            a.push_bytes(
+                &record_part(31, 2, DIR_WRITE, 2, &write[o..o + 16384], o as u32, full, 0),
+                &mut out,
+            );
         }
         let tail = full as usize - 16384;
-        a.push_bytes(&record_part(31, 2, DIR_WRITE, 2, &write[tail..], tail as u32, full, FLAG_SKIPPED), &mut out);
+        a.push_bytes(
+            &record_part(
+                31,
+                2,
+                DIR_WRITE,
+                2,
+                &write[tail..],
+                tail as u32,
+                full,
+                FLAG_SKIPPED,
+            ),
+            &mut out,
+        );
         a.push_bytes(&record(31, 2, DIR_WRITE, 3, b"0\r\n\r\n"), &mut out);
         a.push_bytes(&record(31, 2, DIR_READ, 4, RESP), &mut out);
         assert_eq!(out.len(), 1);
@@ -658,7 +711,13 @@ mod tests {
         a.push_bytes(&record(41, 3, DIR_WRITE, 1, REQ), &mut out);
         // Head and 2 of 1000 body bytes read, then the application stops reading.
         a.push_bytes(
-            &record(41, 3, DIR_READ, 2, b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nab"),
+            &record(
+                41,
+                3,
+                DIR_READ,
+                2,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nab",
+            ),
             &mut out,
         );
         a.expire(100, &mut out);
@@ -684,7 +743,10 @@ mod tests {
     fn http2_is_not_parsed_as_http1() {
         let mut a = Assembler::new(CaptureConfig::default());
         let mut out = Vec::new();
-        a.push_bytes(&record(50, 9, DIR_WRITE, 1, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), &mut out);
+        a.push_bytes(
+            &record(50, 9, DIR_WRITE, 1, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            &mut out,
+        );
         a.push_bytes(&record(50, 9, DIR_WRITE, 2, REQ), &mut out);
         a.flush_all(&mut out);
         assert!(out.is_empty());

@@ -111,7 +111,10 @@ pub fn openssl_functions(path: &Path) -> std::io::Result<Vec<Function>> {
         else {
             return;
         };
-        let Some(section) = sym.section_index().and_then(|i| obj.section_by_index(i).ok()) else {
+        let Some(section) = sym
+            .section_index()
+            .and_then(|i| obj.section_by_index(i).ok())
+        else {
             return;
         };
         let Some((section_offset, _)) = section.file_range() else {
@@ -195,7 +198,11 @@ impl Discovery {
             return out;
         };
         for entry in dir.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
                 continue;
             };
             if pid == skip_pid {
@@ -296,8 +303,15 @@ garbage line";
             .filter_map(|p| openssl_functions(p).ok())
             .filter(|f| !f.is_empty())
             .collect();
-        assert!(!found.is_empty(), "no libssl with SSL_write/SSL_read in {libs:?}");
-        assert!(found[0].iter().any(|f| f.name == "SSL_write_ex" && f.address > 0));
+        assert!(
+            !found.is_empty(),
+            "no libssl with SSL_write/SSL_read in {libs:?}"
+        );
+        assert!(
+            found[0]
+                .iter()
+                .any(|f| f.name == "SSL_write_ex" && f.address > 0)
+        );
     }
 
     #[test]

@@ -132,7 +132,14 @@ impl fmt::Debug for Http1Stream {
 
 /// Methods that can start a request: used to recognise a request and to resynchronise.
 const METHODS: [&[u8]; 9] = [
-    b"GET ", b"PUT ", b"POST ", b"HEAD ", b"DELETE ", b"PATCH ", b"OPTIONS ", b"CONNECT ",
+    b"GET ",
+    b"PUT ",
+    b"POST ",
+    b"HEAD ",
+    b"DELETE ",
+    b"PATCH ",
+    b"OPTIONS ",
+    b"CONNECT ",
     b"TRACE ",
 ];
 
@@ -350,10 +357,8 @@ impl Http1Stream {
                                 None => self.finish(out),
                                 Some(b) => self.state = State::Body(b),
                             }
-                            if matches!(
-                                self.state,
-                                State::Body(Body::Length(_) | Body::UntilClose)
-                            ) {
+                            if matches!(self.state, State::Body(Body::Length(_) | Body::UntilClose))
+                            {
                                 return std::mem::take(&mut self.buf);
                             }
                         }
@@ -564,8 +569,14 @@ fn find_crlf(b: &[u8]) -> Option<usize> {
 }
 
 fn trim(b: &[u8]) -> &[u8] {
-    let s = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
-    let e = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(s, |e| e + 1);
+    let s = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let e = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(s, |e| e + 1);
     &b[s..e]
 }
 
@@ -677,7 +688,10 @@ mod tests {
             assert_eq!(out[0].body, inner);
             let (data, trailers) = decode_aws_chunked(&out[0].body).expect("aws-chunked");
             assert_eq!(data, b"hello");
-            assert_eq!(trailers, vec![("x-amz-checksum-crc32".into(), "AAAA".into())]);
+            assert_eq!(
+                trailers,
+                vec![("x-amz-checksum-crc32".into(), "AAAA".into())]
+            );
             assert!(s.idle());
         }
     }
@@ -687,7 +701,10 @@ mod tests {
         let mut s = Http1Stream::new(Kind::Response, 1024);
         let out = feed_all(
             &mut s,
-            &[b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"],
+            &[
+                b"HTTP/1.1 100 Continue\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            ],
         );
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].head.status, 100);
@@ -735,7 +752,10 @@ mod tests {
     fn gap_in_body_is_skipped() {
         let mut s = Http1Stream::new(Kind::Request, 16);
         let mut out = Vec::new();
-        s.feed(b"PUT /b/k HTTP/1.1\r\nContent-Length: 100\r\n\r\n0123456789", &mut out);
+        s.feed(
+            b"PUT /b/k HTTP/1.1\r\nContent-Length: 100\r\n\r\n0123456789",
+            &mut out,
+        );
         s.gap(80, &mut out);
         s.feed(b"0123456789", &mut out);
         s.feed(REQ, &mut out);

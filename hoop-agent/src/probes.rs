@@ -78,7 +78,13 @@ pub fn tracefs() -> Result<&'static Path> {
     let dst = c"/sys/kernel/tracing";
     // SAFETY: constant NUL-terminated strings.
     let r = unsafe {
-        libc::mount(src.as_ptr(), dst.as_ptr(), src.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            src.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if r != 0 {
         return Err(anyhow!(

@@ -113,8 +113,14 @@ fn recorded_session_yields_every_call() {
     let s = summary(&recs);
     // boto3_calls.py makes 10 calls; the emulator's side is not an exchange of its own.
     assert_eq!(s.len(), 10, "{s:#?}");
-    assert!(s.iter().all(|(_, _, _, status)| *status == Some(200)), "{s:#?}");
-    assert!(s.iter().any(|(_, m, t, _)| m == "PUT" && t.ends_with("/hello.txt")));
+    assert!(
+        s.iter().all(|(_, _, _, status)| *status == Some(200)),
+        "{s:#?}"
+    );
+    assert!(
+        s.iter()
+            .any(|(_, m, t, _)| m == "PUT" && t.ends_with("/hello.txt"))
+    );
 }
 
 #[test]

@@ -85,7 +85,11 @@ fn stash(ctx: &ProbeContext, map: &HashMap<u64, CallArgs>, ex: bool) {
     let (Some(ssl), Some(buf)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
         return;
     };
-    let len_out = if ex { ctx.arg::<u64>(3).unwrap_or(0) } else { 0 };
+    let len_out = if ex {
+        ctx.arg::<u64>(3).unwrap_or(0)
+    } else {
+        0
+    };
     let args = CallArgs { ssl, buf, len_out };
     let _ = map.insert(&bpf_get_current_pid_tgid(), &args, 0);
 }
@@ -218,7 +222,8 @@ pub(crate) fn emit_from<C: EbpfContext>(
         }
         let size = TLS_HEADER_LEN + len as usize;
         // SAFETY: `size` <= size_of::<TlsEvent>() since len <= CHUNK_SIZE.
-        let bytes = unsafe { core::slice::from_raw_parts((ev as *const TlsEvent).cast::<u8>(), size) };
+        let bytes =
+            unsafe { core::slice::from_raw_parts((ev as *const TlsEvent).cast::<u8>(), size) };
         if TLS_EVENTS.output(bytes, 0).is_err() {
             count(counter::LOST_RECORDS, 1);
             count(counter::LOST_BYTES, len);

@@ -242,7 +242,10 @@ mod tests {
         let s = serde_json::to_string(&r).expect("serialize");
         let back: CallRecord = serde_json::from_str(&s).expect("parse");
         assert_eq!(back, r);
-        assert!(!s.contains("duration_ms"), "absent options are omitted: {s}");
+        assert!(
+            !s.contains("duration_ms"),
+            "absent options are omitted: {s}"
+        );
     }
 
     #[test]

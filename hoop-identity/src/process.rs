@@ -768,7 +768,10 @@ mod tests {
         assert!(s.len() <= 1024);
         assert_eq!(format_cmdline(b"", 10), "");
         assert_eq!(
-            format_cmdline(b"curl\0--user\0AKIA1:s3cr3t\0-u\0bob\0--user=AKIA2:pw\0", 1024),
+            format_cmdline(
+                b"curl\0--user\0AKIA1:s3cr3t\0-u\0bob\0--user=AKIA2:pw\0",
+                1024
+            ),
             "curl --user AKIA1:*** -u bob --user=AKIA2:***"
         );
         assert_eq!(format_cmdline(b"\xff\xfe\0x", 10), "\u{fffd}\u{fffd} x");

@@ -23,7 +23,14 @@ pub fn bench(what: &str, scale: f64) -> Result<()> {
         "store" => {
             let events = ((1_000_000.0 * scale) as u64).max(1000).to_string();
             run(cargo().args([
-                "run", "--release", "-p", "hoop-store", "--example", "bench_store", "--", "--events",
+                "run",
+                "--release",
+                "-p",
+                "hoop-store",
+                "--example",
+                "bench_store",
+                "--",
+                "--events",
                 &events,
             ]))
         }
@@ -32,7 +39,9 @@ pub fn bench(what: &str, scale: f64) -> Result<()> {
             bench("classify", scale)?;
             bench("store", scale)
         }
-        other => bail!("unknown benchmark {other:?}: capture, go, enforce, soak, classify, store, all"),
+        other => {
+            bail!("unknown benchmark {other:?}: capture, go, enforce, soak, classify, store, all")
+        }
     }
 }
 
@@ -67,8 +76,15 @@ pub(crate) fn free_port() -> Result<u16> {
 pub(crate) fn make_cert(dir: &Path) -> Result<(PathBuf, PathBuf)> {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     run(Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
-        .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")
@@ -80,7 +96,16 @@ pub(crate) fn make_cert(dir: &Path) -> Result<(PathBuf, PathBuf)> {
 pub(crate) fn start_emulator(cert: &Path, key: &Path, port: u16) -> Result<Killer> {
     let child = Command::new(root().join(".venv/bin/gunicorn"))
         .current_dir(root().join("tests/clients"))
-        .args(["-k", "gthread", "--threads", "4", "-w", "1", "--keep-alive", "60"])
+        .args([
+            "-k",
+            "gthread",
+            "--threads",
+            "4",
+            "-w",
+            "1",
+            "--keep-alive",
+            "60",
+        ])
         .arg("--certfile")
         .arg(cert)
         .arg("--keyfile")
@@ -182,11 +207,17 @@ fn capture(scale: f64) -> Result<()> {
         ("HOOP_ENDPOINT", format!("https://127.0.0.1:{port}")),
         ("AWS_CA_BUNDLE", cert.display().to_string()),
         ("AWS_ACCESS_KEY_ID", "AKIAHOOPBENCH0000001".to_string()),
-        ("AWS_SECRET_ACCESS_KEY", "benchsecretbenchsecretbenchsecret0000000".to_string()),
+        (
+            "AWS_SECRET_ACCESS_KEY",
+            "benchsecretbenchsecretbenchsecret0000000".to_string(),
+        ),
         ("AWS_DEFAULT_REGION", "us-east-1".to_string()),
         ("AWS_CONFIG_FILE", "/dev/null".to_string()),
     ];
-    let script = root().join("tests/bench/boto3_rate.py").display().to_string();
+    let script = root()
+        .join("tests/bench/boto3_rate.py")
+        .display()
+        .to_string();
     let calls = ((400.0 * scale) as u64).max(20).to_string();
     let rounds = 5;
     let (mut without, mut with) = (Vec::new(), Vec::new());
@@ -196,10 +227,14 @@ fn capture(scale: f64) -> Result<()> {
     // Warm-up run (imports, emulator caches), not counted.
     python_json(&[&script, "20"], &env)?;
     for round in 0..rounds {
-        let a = python_json(&[&script, &calls], &env)?["rate"].as_f64().unwrap_or(0.0);
+        let a = python_json(&[&script, &calls], &env)?["rate"]
+            .as_f64()
+            .unwrap_or(0.0);
         let _ = std::fs::remove_file(&output);
         let agent = Agent::start(&output)?;
-        let b = python_json(&[&script, &calls], &env)?["rate"].as_f64().unwrap_or(0.0);
+        let b = python_json(&[&script, &calls], &env)?["rate"]
+            .as_f64()
+            .unwrap_or(0.0);
         let summary = agent.stop()?;
         lost += summary["lost_records"].as_u64().unwrap_or(0);
         recorded += std::fs::read_to_string(&output)
@@ -210,23 +245,61 @@ fn capture(scale: f64) -> Result<()> {
         with.push(b);
     }
     let (ma, mb) = (median(&mut without), median(&mut with));
-    println!("\n== capture: boto3 sequential calls (STS + DynamoDB, keep-alive TLS), {calls} calls x {rounds} rounds");
+    println!(
+        "\n== capture: boto3 sequential calls (STS + DynamoDB, keep-alive TLS), {calls} calls x {rounds} rounds"
+    );
     println!("median without agent : {ma:.1} calls/s");
     println!("median with agent    : {mb:.1} calls/s");
-    println!("ratio (with/without) : {:.3}  (overhead {:.1}%)", mb / ma, (1.0 - mb / ma) * 100.0);
-    println!("records written      : {recorded} (expected >= {})", rounds as u64 * (calls.parse::<u64>().unwrap_or(0) + 2));
+    println!(
+        "ratio (with/without) : {:.3}  (overhead {:.1}%)",
+        mb / ma,
+        (1.0 - mb / ma) * 100.0
+    );
+    println!(
+        "records written      : {recorded} (expected >= {})",
+        rounds as u64 * (calls.parse::<u64>().unwrap_or(0) + 2)
+    );
     println!("lost records         : {lost}");
 
     // 10,000 TLS writes per second (plus the sink's reads) for a few seconds.
-    let tls = root().join("tests/bench/tls_writes.py").display().to_string();
+    let tls = root()
+        .join("tests/bench/tls_writes.py")
+        .display()
+        .to_string();
     let seconds = format!("{}", (5.0 * scale).max(1.0));
-    let base = python_json(&[&tls, &cert.display().to_string(), &key.display().to_string(), "10000", &seconds], &[])?;
+    let base = python_json(
+        &[
+            &tls,
+            &cert.display().to_string(),
+            &key.display().to_string(),
+            "10000",
+            &seconds,
+        ],
+        &[],
+    )?;
     let agent = Agent::start(&tmp.join("tls.jsonl"))?;
-    let r = python_json(&[&tls, &cert.display().to_string(), &key.display().to_string(), "10000", &seconds], &[])?;
+    let r = python_json(
+        &[
+            &tls,
+            &cert.display().to_string(),
+            &key.display().to_string(),
+            "10000",
+            &seconds,
+        ],
+        &[],
+    )?;
     let summary = agent.stop()?;
-    println!("\n== capture: paced TLS writes (200 B each) at 10,000/s for {seconds} s, client and sink in one process");
-    println!("achieved rate without agent : {:.0} writes/s", base["rate"].as_f64().unwrap_or(0.0));
-    println!("achieved rate with agent    : {:.0} writes/s", r["rate"].as_f64().unwrap_or(0.0));
+    println!(
+        "\n== capture: paced TLS writes (200 B each) at 10,000/s for {seconds} s, client and sink in one process"
+    );
+    println!(
+        "achieved rate without agent : {:.0} writes/s",
+        base["rate"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "achieved rate with agent    : {:.0} writes/s",
+        r["rate"].as_f64().unwrap_or(0.0)
+    );
     println!(
         "TLS calls made              : {} writes + {} reads",
         r["writes"], r["reads"]

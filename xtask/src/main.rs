@@ -3,8 +3,8 @@
 
 mod aws_model;
 mod bench;
-mod bench_go;
 mod bench_enforce;
+mod bench_go;
 mod bench_soak;
 mod setup;
 

@@ -152,9 +152,11 @@ fn node_env() -> Result<()> {
         return Ok(());
     }
     let has_lock = dir.join("package-lock.json").exists();
-    run(Command::new("npm")
-        .current_dir(&dir)
-        .args([if has_lock { "ci" } else { "install" }, "--no-audit", "--no-fund"]))?;
+    run(Command::new("npm").current_dir(&dir).args([
+        if has_lock { "ci" } else { "install" },
+        "--no-audit",
+        "--no-fund",
+    ]))?;
     std::fs::write(stamp, lock)?;
     Ok(())
 }
