@@ -49,6 +49,8 @@ enum Cmd {
     },
     /// Regenerate hoop-aws/data from the pinned botocore service models.
     GenAwsModel,
+    /// rustfmt check, clippy -D warnings on the host crates and on the eBPF crate (bpf target).
+    Lint,
 }
 
 pub fn root() -> PathBuf {
@@ -96,6 +98,26 @@ fn main() -> Result<()> {
         }
         Cmd::Test { filter } => test(filter),
         Cmd::Bench { what, scale } => bench::bench(&what, scale),
+        Cmd::Lint => {
+            run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+            run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+            // The eBPF crate only builds for the bpf target (its panic handler clashes with
+            // std on the host); RUSTC_BOOTSTRAP lets the stable toolchain build `core` for it.
+            run(cargo().env("RUSTC_BOOTSTRAP", "1").args([
+                "clippy",
+                "-p",
+                "hoop-ebpf",
+                "--bins",
+                "--release",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--",
+                "-D",
+                "warnings",
+            ]))
+        }
         Cmd::GenAwsModel => {
             let data = setup::botocore_data_dir()?;
             aws_model::generate(&data, &root().join("hoop-aws/data/aws-model.tsv.gz"))
