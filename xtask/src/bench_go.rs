@@ -4,37 +4,14 @@
 //!
 //! The agent binary is `$HOOP_AGENT_BIN` when set, else `target/release/hoop-agent` (built).
 
+use crate::bench::{Killer, free_port, median};
 use crate::{cargo, root, run as sh};
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct Killer(Child);
-
-impl Drop for Killer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
 
 fn emulator(cert: &Path, key: &Path, port: u16, h2: bool) -> Result<Killer> {
     let mut cmd = Command::new(root().join(".venv/bin/gunicorn"));
