@@ -373,12 +373,15 @@ struct Client {
 }
 
 /// The CA bundle to trust: the configured file (the service account's cluster CA), or, when
-/// it does not exist (an API server outside the cluster, a custom `api_url`), the system's CA
-/// bundle as openssl-probe finds it (`SSL_CERT_FILE`, then the distribution's usual paths).
+/// the default service-account CA does not exist (an API server outside the cluster, a custom
+/// `api_url`), the system's CA bundle as openssl-probe finds it (`SSL_CERT_FILE`, then the
+/// distribution's usual paths). A CA file that was configured explicitly and is missing is an
+/// error: trusting the system roots instead would widen what the operator asked for.
 fn read_ca(configured: &std::path::Path) -> Result<(PathBuf, Vec<u8>), K8sError> {
+    let is_default = configured == std::path::Path::new(SA_DIR).join("ca.crt");
     match std::fs::read(configured) {
         Ok(pem) => Ok((configured.to_path_buf(), pem)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && is_default => {
             let probe = openssl_probe::probe();
             let Some(file) = probe.cert_file else {
                 return Err(K8sError::Ca(configured.to_path_buf(), e));
