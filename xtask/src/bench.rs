@@ -93,9 +93,10 @@ pub(crate) fn make_cert(dir: &Path) -> Result<(PathBuf, PathBuf)> {
     Ok((cert, key))
 }
 
-pub(crate) fn start_emulator(cert: &Path, key: &Path, port: u16) -> Result<Killer> {
-    let child = Command::new(root().join(".venv/bin/gunicorn"))
-        .current_dir(root().join("tests/clients"))
+/// moto under gunicorn with TLS and keep-alive; `h2` also offers HTTP/2.
+pub(crate) fn start_emulator(cert: &Path, key: &Path, port: u16, h2: bool) -> Result<Killer> {
+    let mut cmd = Command::new(root().join(".venv/bin/gunicorn"));
+    cmd.current_dir(root().join("tests/clients"))
         .args([
             "-k",
             "gthread",
@@ -109,12 +110,16 @@ pub(crate) fn start_emulator(cert: &Path, key: &Path, port: u16) -> Result<Kille
         .arg("--certfile")
         .arg(cert)
         .arg("--keyfile")
-        .arg(key)
+        .arg(key);
+    if h2 {
+        cmd.args(["--http-protocols", "h2,h1"]);
+    }
+    let child = cmd
         .args(["-b", &format!("127.0.0.1:{port}"), "moto_app:app"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .context("start gunicorn")?;
+        .context("start gunicorn (cargo xtask setup)")?;
     let k = Killer(child);
     let start = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -124,6 +129,15 @@ pub(crate) fn start_emulator(cert: &Path, key: &Path, port: u16) -> Result<Kille
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(k)
+}
+
+/// `$HOOP_AGENT_BIN`, else the release agent, built.
+pub(crate) fn agent_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("HOOP_AGENT_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    run(cargo().args(["build", "--release", "-p", "hoop-agent"]))?;
+    Ok(crate::target_dir().join("release/hoop-agent"))
 }
 
 /// The release agent, started and waited for until ready; `stop` returns its summary line.
@@ -202,7 +216,7 @@ fn capture(scale: f64) -> Result<()> {
     std::fs::create_dir_all(&tmp)?;
     let (cert, key) = make_cert(&tmp)?;
     let port = free_port()?;
-    let _emu = start_emulator(&cert, &key, port)?;
+    let _emu = start_emulator(&cert, &key, port, false)?;
     let env = vec![
         ("HOOP_ENDPOINT", format!("https://127.0.0.1:{port}")),
         ("AWS_CA_BUNDLE", cert.display().to_string()),

@@ -15,75 +15,14 @@
 //! Every rule is scoped to access keys nobody uses, so other processes on the host are never
 //! blocked by the benchmark.
 
-use crate::bench::{Killer, free_port, median};
-use crate::{cargo, root, run as sh};
+use crate::bench::{Killer, agent_bin, free_port, make_cert, median, start_emulator};
+use crate::root;
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn make_cert(dir: &Path) -> Result<(PathBuf, PathBuf)> {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    sh(Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args([
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(Stdio::null()))?;
-    Ok((cert, key))
-}
-
-fn emulator(cert: &Path, key: &Path, port: u16) -> Result<Killer> {
-    let child = Command::new(root().join(".venv/bin/gunicorn"))
-        .current_dir(root().join("tests/clients"))
-        .args([
-            "-k",
-            "gthread",
-            "--threads",
-            "4",
-            "-w",
-            "1",
-            "--keep-alive",
-            "60",
-        ])
-        .arg("--certfile")
-        .arg(cert)
-        .arg("--keyfile")
-        .arg(key)
-        .args(["-b", &format!("127.0.0.1:{port}"), "moto_app:app"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("start gunicorn (cargo xtask setup)")?;
-    let k = Killer(child);
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if start.elapsed() > Duration::from_secs(30) {
-            bail!("emulator did not start");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(k)
-}
-
-fn agent_bin() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("HOOP_AGENT_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    sh(cargo().args(["build", "--release", "-p", "hoop-agent"]))?;
-    Ok(crate::target_dir().join("release/hoop-agent"))
-}
 
 /// The agent, stopped (SIGTERM) when dropped.
 struct Agent {
@@ -231,7 +170,7 @@ pub fn run(scale: f64) -> Result<()> {
     std::fs::create_dir_all(&tmp)?;
     let (cert, key) = make_cert(&tmp)?;
     let port = free_port()?;
-    let _emu = emulator(&cert, &key, port)?;
+    let _emu = start_emulator(&cert, &key, port, false)?;
     let pol = tmp.join("policy.yaml");
     std::fs::write(&pol, policy())?;
     let env = vec![

@@ -4,59 +4,14 @@
 //!
 //! The agent binary is `$HOOP_AGENT_BIN` when set, else `target/release/hoop-agent` (built).
 
-use crate::bench::{Killer, free_port, median};
-use crate::{cargo, root, run as sh};
+use crate::bench::{Killer, agent_bin, free_port, median, start_emulator};
+use crate::{root, run as sh};
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn emulator(cert: &Path, key: &Path, port: u16, h2: bool) -> Result<Killer> {
-    let mut cmd = Command::new(root().join(".venv/bin/gunicorn"));
-    cmd.current_dir(root().join("tests/clients"))
-        .args([
-            "-k",
-            "gthread",
-            "--threads",
-            "4",
-            "-w",
-            "1",
-            "--keep-alive",
-            "60",
-        ])
-        .arg("--certfile")
-        .arg(cert)
-        .arg("--keyfile")
-        .arg(key);
-    if h2 {
-        cmd.args(["--http-protocols", "h2,h1"]);
-    }
-    let child = cmd
-        .args(["-b", &format!("127.0.0.1:{port}"), "moto_app:app"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("start gunicorn (cargo xtask setup)")?;
-    let k = Killer(child);
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if start.elapsed() > Duration::from_secs(30) {
-            bail!("emulator did not start");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(k)
-}
-
-fn agent_bin() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("HOOP_AGENT_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    sh(cargo().args(["build", "--release", "-p", "hoop-agent"]))?;
-    Ok(crate::target_dir().join("release/hoop-agent"))
-}
 
 fn build_client(dir: &Path) -> Result<PathBuf> {
     let out = dir.join("sdkv2");
@@ -193,7 +148,7 @@ pub fn run(scale: f64) -> Result<()> {
     let rounds = 5;
     for (h2, label) in [(true, "HTTP/2"), (false, "HTTP/1.1")] {
         let port = free_port()?;
-        let _emu = emulator(&cert, &key, port, h2)?;
+        let _emu = start_emulator(&cert, &key, port, h2)?;
         let env = vec![
             ("HOOP_ENDPOINT", format!("https://127.0.0.1:{port}")),
             ("HOOP_CA", cert.display().to_string()),

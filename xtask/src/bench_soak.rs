@@ -47,7 +47,7 @@ pub fn run(scale: f64) -> Result<()> {
     std::fs::create_dir_all(&tmp)?;
     let (cert, key) = make_cert(&tmp)?;
     let port = free_port()?;
-    let _emu = start_emulator(&cert, &key, port)?;
+    let _emu = start_emulator(&cert, &key, port, false)?;
 
     let metrics_port = free_port()?;
     let output = tmp.join("calls.jsonl");
