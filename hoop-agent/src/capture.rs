@@ -76,6 +76,19 @@ pub struct Origin {
     pub comm: String,
 }
 
+impl Origin {
+    /// The sender as the kernel saw it in a record header.
+    pub fn of(h: &TlsEventHeader) -> Self {
+        Origin {
+            tgid: h.tgid,
+            tid: h.tid,
+            uid: h.uid,
+            cgroup_id: h.cgroup_id,
+            comm: comm_string(&h.comm),
+        }
+    }
+}
+
 /// A request, paired with its response when one was seen.
 #[derive(Debug)]
 pub struct Exchange {
@@ -282,16 +295,7 @@ impl Assembler {
             stream.gap(missing.max(1) as u64, &mut msgs);
         }
         if h.direction == DIR_WRITE && conn.requests.idle() && conn.request_start.is_none() {
-            conn.request_start = Some((
-                h.ts_ns,
-                Origin {
-                    tgid: h.tgid,
-                    tid: h.tid,
-                    uid: h.uid,
-                    cgroup_id: h.cgroup_id,
-                    comm: comm_string(&h.comm),
-                },
-            ));
+            conn.request_start = Some((h.ts_ns, Origin::of(h)));
         }
         let stream = if h.direction == DIR_WRITE {
             &mut conn.requests
@@ -305,18 +309,10 @@ impl Assembler {
         for msg in msgs {
             match msg.kind {
                 Kind::Request => {
-                    let (ts, origin) = conn.request_start.take().unwrap_or_else(|| {
-                        (
-                            h.ts_ns,
-                            Origin {
-                                tgid: h.tgid,
-                                tid: h.tid,
-                                uid: h.uid,
-                                cgroup_id: h.cgroup_id,
-                                comm: comm_string(&h.comm),
-                            },
-                        )
-                    });
+                    let (ts, origin) = conn
+                        .request_start
+                        .take()
+                        .unwrap_or_else(|| (h.ts_ns, Origin::of(h)));
                     conn.responses
                         .expect_response(msg.head.method.eq_ignore_ascii_case("HEAD"));
                     conn.pending.push_back(Pending {
@@ -350,16 +346,7 @@ impl Assembler {
         }
         // A request is complete but its head started the next one: remember when.
         if h.direction == DIR_WRITE && !conn.requests.idle() && conn.request_start.is_none() {
-            conn.request_start = Some((
-                h.ts_ns,
-                Origin {
-                    tgid: h.tgid,
-                    tid: h.tid,
-                    uid: h.uid,
-                    cgroup_id: h.cgroup_id,
-                    comm: comm_string(&h.comm),
-                },
-            ));
+            conn.request_start = Some((h.ts_ns, Origin::of(h)));
         }
         Self::account(&mut self.stats, conn);
     }

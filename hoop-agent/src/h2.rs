@@ -148,16 +148,6 @@ pub struct H2Conn {
     stats: H2Stats,
 }
 
-fn origin_of(h: &TlsEventHeader) -> Origin {
-    Origin {
-        tgid: h.tgid,
-        tid: h.tid,
-        uid: h.uid,
-        cgroup_id: h.cgroup_id,
-        comm: String::from_utf8_lossy(hoop_common::c_str_bytes(&h.comm)).into_owned(),
-    }
-}
-
 impl H2Conn {
     pub fn new(key: ConnKey, source: u8, max_body: usize) -> Self {
         H2Conn {
@@ -497,7 +487,7 @@ impl H2Conn {
                     self.streams.insert(
                         stream,
                         Stream {
-                            origin: origin_of(h),
+                            origin: Origin::of(h),
                             request_ts: h.ts_ns,
                             request: MsgBuilder::default(),
                             response: MsgBuilder::default(),
