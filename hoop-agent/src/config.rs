@@ -203,6 +203,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn readme_example_is_a_valid_config() {
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split("## Configuration")
+            .nth(1)
+            .expect("README has a Configuration section");
+        let yaml = section
+            .split("```yaml\n")
+            .nth(1)
+            .and_then(|b| b.split("```").next())
+            .expect("a yaml block");
+        let c = Config::parse(yaml).unwrap_or_else(|e| panic!("README config: {e}"));
+        assert_eq!(c.store.mask.len(), 1);
+        assert!(c.api_tls.is_some());
+    }
+
+    #[test]
     fn empty_file_is_defaults() {
         let c = Config::parse("").expect("defaults");
         assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
