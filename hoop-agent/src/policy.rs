@@ -794,6 +794,21 @@ pub fn compile(file: &PolicyFile) -> Result<Compiled, PolicyError> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn readme_example_compiles() {
+        let readme = include_str!("../../README.md");
+        let yaml = readme
+            .split("## Policy")
+            .nth(1)
+            .and_then(|s| s.split("```yaml\n").nth(1))
+            .and_then(|b| b.split("```").next())
+            .expect("README has a policy example");
+        if let Err(e) = compile_str(yaml) {
+            panic!("README policy example: {e}");
+        }
+    }
+
     use super::*;
 
     fn ok(y: &str) -> Compiled {
