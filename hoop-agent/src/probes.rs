@@ -1,7 +1,7 @@
 //! Loads hoop's eBPF object into the kernel and attaches its programs: process tracepoints
 //! once, TLS uprobes once per discovered file (by device and inode).
 
-use crate::discovery::{OPENSSL_FUNCTIONS, Target};
+use crate::discovery::{Function, OPENSSL_FUNCTIONS, Target};
 use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
@@ -211,45 +211,41 @@ impl Probes {
             let Some(f) = t.functions.iter().find(|f| f.name == func) else {
                 continue;
             };
-            let location = UProbeAttachLocation::from_virtual_address(
-                f.address,
-                f.section_address,
-                f.section_offset,
-            )?;
             for prog in [entry, ret] {
-                let p: &mut UProbe = self
-                    .ebpf
-                    .program_mut(prog)
-                    .ok_or_else(|| anyhow!("program {prog} missing"))?
-                    .try_into()?;
-                match p.attach([location], &t.open_path, UProbeScope::AllProcesses) {
-                    Ok(_) => n += 1,
-                    Err(e) => warn!(file = %t.path, function = func, "attach failed: {e}"),
-                }
+                n += self.attach_at(prog, f, t)?;
             }
         }
         // Go crypto/tls: entry probes on Write and Read, one probe per RET of Read.
         for (func, prog) in crate::go_discovery::GO_FUNCTIONS {
             for f in t.functions.iter().filter(|f| f.name == func) {
-                let location = UProbeAttachLocation::from_virtual_address(
-                    f.address,
-                    f.section_address,
-                    f.section_offset,
-                )?;
-                let p: &mut UProbe = self
-                    .ebpf
-                    .program_mut(prog)
-                    .ok_or_else(|| anyhow!("program {prog} missing"))?
-                    .try_into()?;
-                match p.attach([location], &t.open_path, UProbeScope::AllProcesses) {
-                    Ok(_) => n += 1,
-                    Err(e) => warn!(file = %t.path, function = func, "attach failed: {e}"),
-                }
+                n += self.attach_at(prog, f, t)?;
             }
         }
         self.uprobes += n;
         info!(file = %t.path, probes = n, "TLS library attached");
         Ok(n)
+    }
+
+    /// Attaches one uprobe program at a resolved function location of `t`. A failed attach is
+    /// logged and counts 0: the other probes of the file still work.
+    fn attach_at(&mut self, prog: &str, f: &Function, t: &Target) -> Result<usize> {
+        let location = UProbeAttachLocation::from_virtual_address(
+            f.address,
+            f.section_address,
+            f.section_offset,
+        )?;
+        let p: &mut UProbe = self
+            .ebpf
+            .program_mut(prog)
+            .ok_or_else(|| anyhow!("program {prog} missing"))?
+            .try_into()?;
+        match p.attach([location], &t.open_path, UProbeScope::AllProcesses) {
+            Ok(_) => Ok(1),
+            Err(e) => {
+                warn!(file = %t.path, function = f.name, "attach failed: {e}");
+                Ok(0)
+            }
+        }
     }
 
     /// Files with TLS probes attached.

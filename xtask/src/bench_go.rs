@@ -4,7 +4,7 @@
 //!
 //! The agent binary is `$HOOP_AGENT_BIN` when set, else `target/release/hoop-agent` (built).
 
-use crate::bench::{Killer, agent_bin, free_port, median, start_emulator};
+use crate::bench::{Killer, agent_bin, free_port, make_cert, median, start_emulator};
 use crate::{root, run as sh};
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
@@ -127,23 +127,7 @@ pub fn run(scale: f64) -> Result<()> {
     let tmp = std::env::temp_dir().join(format!("hoop-bench-go-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
     let client = build_client(&tmp)?;
-    let cert = tmp.join("cert.pem");
-    let key = tmp.join("key.pem");
-    sh(Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args([
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(Stdio::null()))?;
+    let (cert, key) = make_cert(&tmp)?;
     let seconds = (3.0 * scale).max(0.5);
     let rounds = 5;
     for (h2, label) in [(true, "HTTP/2"), (false, "HTTP/1.1")] {
