@@ -784,7 +784,7 @@ mod tests {
             ..Default::default()
         });
         let mut child = Command::new("sleep")
-            .arg("0.3")
+            .arg("30")
             .spawn()
             .expect("spawn sleep");
         let pid = child.id();
@@ -797,7 +797,7 @@ mod tests {
             info.exe.as_deref().is_some_and(|e| e.ends_with("sleep")),
             "{info:?}"
         );
-        assert_eq!(info.cmdline.as_deref(), Some("sleep 0.3"));
+        assert_eq!(info.cmdline.as_deref(), Some("sleep 30"));
         assert_eq!(info.ppid, std::process::id());
         assert!(info.start_ticks > 0);
         let start = info.start_time.clone().expect("start time");
@@ -809,10 +809,11 @@ mod tests {
         }
         assert!(info.cgroup.is_some());
 
+        child.kill().expect("kill");
         child.wait().expect("wait");
         c.on_exit(pid);
         let after = c.lookup(pid).expect("still attributed after exit");
-        assert_eq!(after.cmdline.as_deref(), Some("sleep 0.3"));
+        assert_eq!(after.cmdline.as_deref(), Some("sleep 30"));
         let (p, _) = c.describe(pid, pid + 1).expect("describe after exit");
         assert_eq!(p.pid, pid);
         assert_eq!(p.tid, pid + 1);
@@ -909,7 +910,7 @@ mod tests {
         let exe = std::env::current_exe().expect("exe");
         let name = exe.file_name().expect("name").to_string_lossy().to_string();
         let specs: Vec<SessionMatcherSpec> = serde_json::from_str(&format!(
-            r#"[{{"comm": "nomatch*"}}, {{"exe": "**/{name}"}}, {{"cmdline": "^sh -c sleep 1; true$"}}]"#
+            r#"[{{"comm": "nomatch*"}}, {{"exe": "**/{name}"}}, {{"cmdline": "^sh -c sleep 30; true$"}}]"#
         ))
         .expect("specs");
         let c = cache(ProcessConfig {
@@ -917,21 +918,29 @@ mod tests {
             ..Default::default()
         });
         let mut child = Command::new("sh")
-            .args(["-c", "sleep 1; true"])
+            .args(["-c", "sleep 30; true"])
             .spawn()
             .expect("spawn");
         let pid = child.id();
-        std::thread::sleep(Duration::from_millis(200));
-        // Find the sleep whose parent is our shell.
-        let sleep_pid = fs::read_dir("/proc")
-            .expect("proc")
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-            .find(|p| {
-                c.read_proc(*p)
-                    .is_some_and(|i| i.ppid == pid && i.comm == "sleep")
-            })
-            .expect("sleep child");
+        // Find the sleep whose parent is our shell (poll: a loaded machine may be slow to fork).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let sleep_pid = loop {
+            let found = fs::read_dir("/proc")
+                .expect("proc")
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .find(|p| {
+                    c.read_proc(*p)
+                        .is_some_and(|i| i.ppid == pid && i.comm == "sleep")
+                });
+            match found {
+                Some(p) => break p,
+                None if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                None => panic!("no sleep child of the shell"),
+            }
+        };
         let (p, _) = c.describe(sleep_pid, sleep_pid).expect("describe");
         let s = p.session.expect("session root");
         assert_eq!(s.pid, pid, "the shell matches the cmdline regex first");
@@ -943,6 +952,7 @@ mod tests {
             .describe(std::process::id(), std::process::id())
             .expect("me");
         assert_eq!(me.session.map(|s| s.pid), Some(std::process::id()));
+        let _ = Command::new("kill").arg(sleep_pid.to_string()).status();
         child.wait().expect("wait");
     }
 

@@ -217,14 +217,17 @@ mod tests {
         r.principals()
             .learn_sts(None, 200, body.as_bytes())
             .expect("learn");
-        let mut child = Command::new("sleep").arg("0.2").spawn().expect("spawn");
+        // Long-lived so a slow machine cannot let it exit before the exec is read; killed
+        // once read, to show attribution outliving the process.
+        let mut child = Command::new("sleep").arg("30").spawn().expect("spawn");
         let pid = child.id();
         r.on_exec(pid, std::process::id(), "/usr/bin/sleep");
+        child.kill().expect("kill");
         child.wait().expect("wait");
         r.on_exit(pid);
         let (p, w, i) = r.resolve(pid, pid, 0, Some("ASIARESOLVEREXAMPLE1"));
         assert_eq!(p.comm, "sleep");
-        assert_eq!(p.cmdline.as_deref(), Some("sleep 0.2"));
+        assert_eq!(p.cmdline.as_deref(), Some("sleep 30"));
         assert_eq!(w.kind, "host");
         assert_eq!(
             i.principal_arn.as_deref(),
