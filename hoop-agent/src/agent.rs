@@ -58,6 +58,9 @@ const RESCAN_DELAYS: [Duration; 3] = [
     Duration::from_millis(200),
     Duration::from_millis(2000),
 ];
+/// How often batched TLS records are drained from the ring: the latency of a record in
+/// `run` output, never of an enforcement decision (those are taken in the kernel).
+const DRAIN_EVERY: Duration = Duration::from_millis(20);
 /// Full rescan of /proc, for libraries mapped long after exec.
 const FULL_SCAN_EVERY: Duration = Duration::from_secs(10);
 /// Connections of an exited process are closed this long after the exit event, so records
@@ -82,6 +85,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let tls_ring = probes.take_ring("TLS_EVENTS")?;
     let proc_ring = probes.take_ring("PROC_EVENTS")?;
     let counters = probes.take_counters()?;
+    let muted = probes.take_muted()?;
     // --- enforcement start-up (issue 6) ---
     let enforcer = match &opts.enforce {
         Some(o) => Some(crate::enforce::start(probes.ebpf_mut(), o)?),
@@ -151,6 +155,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         },
         enforcer,
         events,
+        muted,
     };
 
     if let Some(e) = ev.enforcer.as_mut() {
@@ -158,6 +163,14 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
     let mut tls = poll(tls_ring)?;
     let mut proc = poll(proc_ring)?;
+    // Decisions wake the loop (the kernel marks routine audit outcomes no-wakeup); plaintext
+    // records are batched by the kernel and drained on `drain` (or when the ring fills).
+    let decisions = match &ev.enforcer {
+        Some(e) => Some(poll(e.ring_fd()?)?),
+        None => None,
+    };
+    let mut drain = tokio::time::interval(DRAIN_EVERY);
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
@@ -174,6 +187,17 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 let mut g = g?;
                 ev.drain_proc(g.get_inner_mut());
                 g.clear_ready();
+            }
+            g = async { decisions.as_ref()?.readable().await.ok() }, if decisions.is_some() => {
+                if let Some(mut g) = g {
+                    g.clear_ready();
+                }
+                ev.drain_proc(proc.get_mut());
+                ev.drain_tls(tls.get_mut());
+            }
+            _ = drain.tick() => {
+                ev.drain_proc(proc.get_mut());
+                ev.drain_tls(tls.get_mut());
             }
             _ = tick.tick() => ev.tick(),
             _ = tokio::signal::ctrl_c() => break,
@@ -246,6 +270,8 @@ struct EventLoop {
     enforcer: Option<crate::enforce::Enforcer>,
     /// Every delivered record, for API stream subscribers.
     events: tokio::sync::broadcast::Sender<std::sync::Arc<str>>,
+    /// Server-side connections the kernel stops copying.
+    muted: aya::maps::HashMap<MapData, hoop_common::ConnId, u8>,
 }
 
 impl EventLoop {
@@ -257,6 +283,17 @@ impl EventLoop {
                     .and_then(|_| w.write_all(&item));
             }
             self.assembler.push_bytes(&item, &mut self.exchanges);
+        }
+        for k in self.assembler.take_to_mute() {
+            let id = hoop_common::ConnId {
+                tgid: k.tgid,
+                _pad: 0,
+                conn: k.conn,
+            };
+            // A full LRU map evicts its oldest entry: muting is an optimisation only.
+            if self.muted.insert(&id, &1, 0).is_ok() {
+                self.metrics.connections_muted.inc();
+            }
         }
     }
 

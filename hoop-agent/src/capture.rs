@@ -3,7 +3,7 @@
 
 use crate::h2::{H2Conn, Side};
 use crate::http::{self, Http1Stream, Kind, Message};
-use hoop_common::{DIR_READ, DIR_WRITE, FLAG_SKIPPED, TLS_HEADER_LEN, TlsEventHeader};
+use hoop_common::{DIR_READ, DIR_WRITE, FLAG_SKIPPED, SRC_OPENSSL, TLS_HEADER_LEN, TlsEventHeader};
 use std::collections::{HashMap, VecDeque};
 
 /// One TLS plaintext record decoded from the ring buffer.
@@ -177,6 +177,8 @@ pub struct Assembler {
     cfg: CaptureConfig,
     conns: HashMap<ConnKey, Conn>,
     stats: CaptureStats,
+    /// Server-side connections found since the last [`Assembler::take_to_mute`].
+    to_mute: Vec<ConnKey>,
 }
 
 fn comm_string(c: &[u8]) -> String {
@@ -189,7 +191,13 @@ impl Assembler {
             cfg,
             conns: HashMap::new(),
             stats: CaptureStats::default(),
+            to_mute: Vec::new(),
         }
+    }
+
+    /// Connections the kernel may stop copying (server side, never reported).
+    pub fn take_to_mute(&mut self) -> Vec<ConnKey> {
+        std::mem::take(&mut self.to_mute)
     }
 
     pub fn stats(&self) -> CaptureStats {
@@ -237,6 +245,11 @@ impl Assembler {
 
         if conn.role == Role::Unknown && h.offset == 0 {
             conn.role = detect_role(h.direction, r.data);
+            // The kernel can stop copying this connection: only OpenSSL objects, whose
+            // `SSL_free` unmutes a reused address (Go has no such hook).
+            if conn.role == Role::Server && h.source == SRC_OPENSSL {
+                self.to_mute.push(key);
+            }
         }
         match conn.role {
             Role::Server => {

@@ -8,12 +8,14 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-/// The OpenSSL functions hoop probes, with the eBPF programs for entry and return.
-pub const OPENSSL_FUNCTIONS: [(&str, &str, &str); 4] = [
-    ("SSL_write", "ssl_write", "ssl_write_ret"),
-    ("SSL_write_ex", "ssl_write_ex", "ssl_write_ex_ret"),
-    ("SSL_read", "ssl_read", "ssl_read_ret"),
-    ("SSL_read_ex", "ssl_read_ex", "ssl_read_ex_ret"),
+/// The OpenSSL functions hoop probes, with the eBPF programs for entry and (if any) return.
+pub const OPENSSL_FUNCTIONS: [(&str, &str, Option<&str>); 5] = [
+    ("SSL_write", "ssl_write", Some("ssl_write_ret")),
+    ("SSL_write_ex", "ssl_write_ex", Some("ssl_write_ex_ret")),
+    ("SSL_read", "ssl_read", Some("ssl_read_ret")),
+    ("SSL_read_ex", "ssl_read_ex", Some("ssl_read_ex_ret")),
+    // Unmutes a freed connection object (see `hoop_common::ConnId`).
+    ("SSL_free", "ssl_free", None),
 ];
 
 /// A file to attach to.
@@ -40,6 +42,8 @@ pub struct Function {
     /// Virtual address and file offset of the section holding it.
     pub section_address: u64,
     pub section_offset: u64,
+    /// Probed at the internal worker both wrappers of `name`'s direction call.
+    pub worker: bool,
 }
 
 /// One line of /proc/PID/maps that maps an executable file.
@@ -126,6 +130,7 @@ pub fn openssl_functions(path: &Path) -> std::io::Result<Vec<Function>> {
                 address: sym.address(),
                 section_address: section.address(),
                 section_offset,
+                worker: false,
             });
         }
     };
@@ -143,7 +148,64 @@ pub fn openssl_functions(path: &Path) -> std::io::Result<Vec<Function>> {
     if !(writes && reads) {
         found.clear();
     }
+    move_to_workers(&obj, &mut found);
     Ok(found)
+}
+
+/// The section holding virtual address `addr`: its code from `addr` on, its address and
+/// file offset.
+fn code_at<'d>(obj: &object::File<'d>, addr: u64) -> Option<(&'d [u8], u64, u64)> {
+    let s = obj
+        .sections()
+        .find(|s| s.address() <= addr && addr < s.address() + s.size())?;
+    let data = s.data().ok()?;
+    let (offset, _) = s.file_range()?;
+    Some((
+        data.get((addr - s.address()) as usize..)?,
+        s.address(),
+        offset,
+    ))
+}
+
+/// Where a wrapper pair shares a cheaper-to-probe worker (see `probe_site`), probes the
+/// worker with the `_ex` programs instead of both wrappers.
+fn move_to_workers(obj: &object::File<'_>, found: &mut Vec<Function>) {
+    // Past a leading endbr64 where that is what makes the difference.
+    for f in found.iter_mut() {
+        if let Some(site) = code_at(obj, f.address)
+            .and_then(|(code, _, _)| crate::probe_site::cheap_site(code, f.address))
+        {
+            f.address = site;
+        }
+    }
+    for (plain, ex) in [("SSL_write", "SSL_write_ex"), ("SSL_read", "SSL_read_ex")] {
+        let Some(e) = found.iter().find(|f| f.name == ex).copied() else {
+            continue;
+        };
+        let Some((ex_code, _, _)) = code_at(obj, e.address) else {
+            continue;
+        };
+        let p = found
+            .iter()
+            .find(|f| f.name == plain)
+            .and_then(|p| Some((code_at(obj, p.address)?.0, p.address)));
+        let worker = crate::probe_site::shared_worker((ex_code, e.address), p, |a| {
+            code_at(obj, a).map(|c| c.0)
+        });
+        let Some((w, (_, section_address, section_offset))) =
+            worker.and_then(|w| Some((w, code_at(obj, w)?)))
+        else {
+            continue;
+        };
+        found.retain(|f| f.name != plain && f.name != ex);
+        found.push(Function {
+            name: ex,
+            address: w,
+            section_address,
+            section_offset,
+            worker: true,
+        });
+    }
 }
 
 /// Remembers every file looked at, so each is parsed once.
@@ -312,6 +374,50 @@ garbage line";
                 .iter()
                 .any(|f| f.name == "SSL_write_ex" && f.address > 0)
         );
+    }
+
+    /// Every read/write probe of this machine's libssl (and node, if installed) sits on an
+    /// instruction the kernel emulates: no single-step per TLS call (see `probe_site`).
+    #[test]
+    fn system_tls_probes_sit_on_emulated_instructions() {
+        let mut files: Vec<PathBuf> = system_libssl_candidates()
+            .into_iter()
+            .filter(|p| openssl_functions(p).is_ok_and(|f| !f.is_empty()))
+            .take(1)
+            .collect();
+        files.extend(
+            ["/usr/bin/node", "/usr/local/bin/node"]
+                .map(PathBuf::from)
+                .into_iter()
+                .filter(|p| p.exists()),
+        );
+        assert!(!files.is_empty());
+        for path in files {
+            let funcs = openssl_functions(&path).expect("read");
+            let data = fs::read(&path).expect("read file");
+            let obj = object::File::parse(&*data).expect("elf");
+            for f in funcs.iter().filter(|f| f.name != "SSL_free") {
+                let (code, _, _) = code_at(&obj, f.address).expect("code");
+                assert_eq!(
+                    crate::probe_site::cheap_site(code, f.address),
+                    Some(f.address),
+                    "{} in {} at {:#x} (worker: {})",
+                    f.name,
+                    path.display(),
+                    f.address,
+                    f.worker
+                );
+            }
+            let probed: Vec<_> = funcs.iter().map(|f| f.name).collect();
+            assert!(
+                probed.iter().any(|n| n.starts_with("SSL_write")),
+                "{probed:?}"
+            );
+            assert!(
+                probed.iter().any(|n| n.starts_with("SSL_read")),
+                "{probed:?}"
+            );
+        }
     }
 
     #[test]

@@ -1096,6 +1096,15 @@ impl Enforcer {
     }
 
     /// Drains kernel decision events.
+    /// A second descriptor on the decision ring, for the event loop to wait on.
+    pub fn ring_fd(&self) -> Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
+        self.ring
+            .as_fd()
+            .try_clone_to_owned()
+            .context("dup the decision ring descriptor")
+    }
+
     pub fn poll(&mut self) {
         let mut evs = Vec::new();
         while let Some(item) = self.ring.next() {

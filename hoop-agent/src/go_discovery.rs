@@ -351,6 +351,7 @@ pub fn go_functions_in(data: &[u8]) -> Result<GoBinary, GoSkip> {
         address,
         section_address: text.0,
         section_offset: text.1,
+        worker: false,
     };
     let mut functions = vec![func(GO_WRITE, write.entry), func(GO_READ, read.entry)];
     functions.extend(rets.into_iter().map(|a| func(GO_READ_RET, a)));

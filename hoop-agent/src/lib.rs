@@ -12,6 +12,7 @@ pub mod h2;
 pub mod http;
 pub mod metrics;
 pub mod policy;
+pub mod probe_site;
 pub mod probes;
 pub mod record;
 pub mod tail;

@@ -34,6 +34,7 @@ pub struct Metrics {
     pub tls_libraries: IntGauge,
     pub uprobes: IntGauge,
     pub connections: IntGauge,
+    pub connections_muted: IntCounter,
     pub process_cache: IntGauge,
     pub principals: IntGauge,
     pub store_events: IntCounter,
@@ -144,6 +145,11 @@ impl Metrics {
                 &r,
                 "connections_tracked",
                 "TLS connections being reassembled",
+            )?,
+            connections_muted: counter(
+                &r,
+                "server_connections_muted_total",
+                "Server-side TLS connections the kernel was told to stop copying",
             )?,
             process_cache: gauge(
                 &r,

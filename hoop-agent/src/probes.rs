@@ -11,7 +11,7 @@ use aya::{
         uprobe::{UProbeAttachLocation, UProbeScope},
     },
 };
-use hoop_common::{TracepointOffsets, counter};
+use hoop_common::{ConnId, TracepointOffsets, counter};
 use std::collections::HashSet;
 use std::path::Path;
 use tracing::{debug, info, warn};
@@ -157,7 +157,7 @@ impl Probes {
     pub fn load_uprobes(&mut self) -> Result<()> {
         let go = crate::go_discovery::GO_FUNCTIONS.map(|(_, p)| p);
         for (_, entry, ret) in OPENSSL_FUNCTIONS {
-            for name in [entry, ret] {
+            for name in std::iter::once(entry).chain(ret) {
                 let p: &mut UProbe = self
                     .ebpf
                     .program_mut(name)
@@ -211,7 +211,10 @@ impl Probes {
             let Some(f) = t.functions.iter().find(|f| f.name == func) else {
                 continue;
             };
-            for prog in [entry, ret] {
+            if f.worker {
+                debug!(file = %t.path, function = func, address = f.address, "probing the shared worker of {func}");
+            }
+            for prog in std::iter::once(entry).chain(ret) {
                 n += self.attach_at(prog, f, t)?;
             }
         }
@@ -268,6 +271,15 @@ impl Probes {
     /// The loaded object, for modules that load their own programs and maps (enforcement).
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
+    }
+
+    /// The map of connections whose plaintext the kernel stops copying.
+    pub fn take_muted(&mut self) -> Result<aya::maps::HashMap<MapData, ConnId, u8>> {
+        let map = self
+            .ebpf
+            .take_map("MUTED_CONNS")
+            .ok_or_else(|| anyhow!("MUTED_CONNS map missing"))?;
+        Ok(aya::maps::HashMap::try_from(map)?)
     }
 
     pub fn take_counters(&mut self) -> Result<CounterReader> {

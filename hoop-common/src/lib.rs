@@ -120,10 +120,22 @@ pub struct TracepointOffsets {
     pub _pad: u32,
 }
 
+/// A TLS connection of one process (key of `MUTED_CONNS`): the agent mutes the server side
+/// of connections it will never report, so the kernel stops copying them; `SSL_free` unmutes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConnId {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub conn: u64,
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain-old-data, `#[repr(C)]`, no padding holes the kernel could read.
     unsafe impl aya::Pod for super::TracepointOffsets {}
+    // SAFETY: as above; `_pad` is always written as 0.
+    unsafe impl aya::Pod for super::ConnId {}
 }
 
 /// Turns a fixed-size, NUL-padded kernel string into a `&str` (lossy on bad UTF-8 is the

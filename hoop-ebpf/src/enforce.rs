@@ -20,7 +20,7 @@
 
 use crate::{CallArgs, emit};
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, bpf_sock_ops},
+    bindings::{BPF_ANY, BPF_RB_NO_WAKEUP, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, bpf_sock_ops},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_ktime_get_boot_ns,
@@ -607,7 +607,13 @@ fn event(req: &Req, who: &Caller, rule: u32, key: u64, outcome: u8) {
             _pad2: [0; 6],
         })
     };
-    e.submit(0);
+    // Audit outcomes can wait for the agent's next drain; anything that blocks, stops or asks
+    // for approval wakes it now.
+    e.submit(if outcome == enf::OUT_AUDIT {
+        BPF_RB_NO_WAKEUP as u64
+    } else {
+        0
+    });
 }
 
 #[inline(always)]
@@ -766,6 +772,11 @@ pub fn on_write(ctx: &ProbeContext) {
     {
         return;
     }
+    // Most writes are neither a request head nor an awaited body (bodies, responses of
+    // servers on this host): a 4-byte peek avoids copying and scanning them.
+    if pending.is_none() && !starts_like_request(buf, len) {
+        return;
+    }
     let t0 = if cfg.stats != 0 {
         unsafe { bpf_ktime_get_boot_ns() }
     } else {
@@ -791,6 +802,24 @@ pub fn on_write(ctx: &ProbeContext) {
             unsafe { bpf_ktime_get_boot_ns() } - t0,
         );
     }
+}
+
+/// Do the first bytes at `buf` look like an HTTP/1.x request method?
+#[inline(always)]
+fn starts_like_request(buf: u64, len: u64) -> bool {
+    if len < 4 {
+        return false;
+    }
+    let mut head = [0u8; 4];
+    // SAFETY: reading 4 bytes of user memory through the helper, len >= 4.
+    let r = unsafe {
+        bpf_probe_read_user(head.as_mut_ptr().cast(), 4, buf as *const core::ffi::c_void)
+    };
+    r == 0
+        && matches!(
+            &head,
+            b"GET " | b"PUT " | b"POST" | b"DELE" | b"HEAD" | b"PATC"
+        )
 }
 
 #[inline(always)]

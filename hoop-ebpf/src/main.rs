@@ -16,18 +16,19 @@ mod go_tls;
 
 use aya_ebpf::{
     EbpfContext,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
         generated::{bpf_probe_read_kernel_str, bpf_probe_read_user},
     },
     macros::{map, tracepoint, uprobe, uretprobe},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use aya_log_ebpf::debug;
 use hoop_common::{
-    CHUNK_SIZE, DIR_READ, DIR_WRITE, FLAG_SKIPPED, MAX_CHUNKS, PROC_EXEC, PROC_EXIT,
+    CHUNK_SIZE, ConnId, DIR_READ, DIR_WRITE, FLAG_SKIPPED, MAX_CHUNKS, PROC_EXEC, PROC_EXIT,
     PROC_FILENAME_LEN, ProcEvent, SRC_OPENSSL, TLS_HEADER_LEN, TlsEvent, TracepointOffsets,
     counter,
 };
@@ -35,6 +36,9 @@ use hoop_common::{
 /// Plaintext records. The agent may resize it at load time (`--ring-buffer-bytes`).
 #[map]
 static TLS_EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// The agent is woken once the ring holds more than 1/WAKEUP_FILL_DIVISOR of its size.
+const WAKEUP_FILL_DIVISOR: u64 = 8;
 
 /// Process exec/exit events.
 #[map]
@@ -65,6 +69,11 @@ struct CallArgs {
     /// `size_t *` out-parameter of the `_ex` variants, 0 for the plain ones.
     len_out: u64,
 }
+
+/// Connections the agent will never report (server side of HTTPS on this host): their
+/// plaintext is not copied. Filled by the agent, cleared by the `SSL_free` probe.
+#[map]
+static MUTED_CONNS: LruHashMap<ConnId, u8> = LruHashMap::with_max_entries(65536, 0);
 
 #[map]
 static WRITE_ARGS: HashMap<u64, CallArgs> = HashMap::with_max_entries(16384, 0);
@@ -103,10 +112,20 @@ fn finish(ctx: &RetProbeContext, map: &HashMap<u64, CallArgs>, ex: bool, directi
         return;
     };
     let _ = map.remove(&id);
+    let muted = ConnId {
+        tgid: (id >> 32) as u32,
+        _pad: 0,
+        conn: args.ssl,
+    };
+    // SAFETY: presence check only.
+    if unsafe { MUTED_CONNS.get(&muted) }.is_some() {
+        return;
+    }
     let ret: i64 = ctx.ret::<i64>();
     let moved: u64 = if ex {
-        // SSL_*_ex: 1 on success, bytes in *len_out.
-        if ret as i32 != 1 || args.len_out == 0 {
+        // SSL_*_ex: 1 on success, bytes in *len_out (the internal worker these programs may
+        // be attached to instead returns > 0).
+        if ret as i32 <= 0 || args.len_out == 0 {
             return;
         }
         // SAFETY: reading user memory through the helper, which checks the address.
@@ -180,6 +199,16 @@ pub(crate) fn emit_from<C: EbpfContext>(
     h.direction = direction;
     h.source = source;
 
+    // Waking the agent per record costs a self-IPI (a VM exit under virtualisation) on the
+    // caller's CPU: records are batched and the agent drains on a short timer, unless the ring
+    // is filling up.
+    let wake = if TLS_EVENTS.query(BPF_RB_AVAIL_DATA as u64)
+        > TLS_EVENTS.query(BPF_RB_RING_SIZE as u64) / WAKEUP_FILL_DIVISOR
+    {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    } as u64;
     let total = moved;
     // A call longer than all records together keeps its head and its tail: framing (HTTP
     // heads, chunk sizes, trailers) lives at the edges, the middle is payload.
@@ -224,7 +253,7 @@ pub(crate) fn emit_from<C: EbpfContext>(
         // SAFETY: `size` <= size_of::<TlsEvent>() since len <= CHUNK_SIZE.
         let bytes =
             unsafe { core::slice::from_raw_parts((ev as *const TlsEvent).cast::<u8>(), size) };
-        if TLS_EVENTS.output(bytes, 0).is_err() {
+        if TLS_EVENTS.output(bytes, wake).is_err() {
             count(counter::LOST_RECORDS, 1);
             count(counter::LOST_BYTES, len);
         }
@@ -280,6 +309,20 @@ pub fn ssl_read_ex(ctx: ProbeContext) -> u32 {
 #[uretprobe]
 pub fn ssl_read_ex_ret(ctx: RetProbeContext) -> u32 {
     finish(&ctx, &READ_ARGS, true, DIR_READ);
+    0
+}
+
+/// `SSL_free(ssl)`: the object's address may be reused for a new connection.
+#[uprobe]
+pub fn ssl_free(ctx: ProbeContext) -> u32 {
+    if let Some(ssl) = ctx.arg::<u64>(0) {
+        let key = ConnId {
+            tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+            _pad: 0,
+            conn: ssl,
+        };
+        let _ = MUTED_CONNS.remove(&key);
+    }
     0
 }
 

@@ -58,6 +58,96 @@ pub(crate) fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// The client runs on CPU 0 and the emulator on CPU 1 (when there are two): left to the
+/// scheduler, their placement alone moved a boto3 call rate by ±25% between runs here.
+const CLIENT_CPU: usize = 0;
+const EMULATOR_CPU: usize = 1;
+
+/// `program` pinned to `cpu` with taskset when the machine has more than one CPU.
+pub(crate) fn pinned(cpu: usize, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let taskset = Path::new("/usr/bin/taskset");
+    if cpus > cpu && cpus > 1 && taskset.exists() {
+        let mut c = Command::new(taskset);
+        c.arg("-a").arg("-c").arg(cpu.to_string()).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+/// Busy time of the whole host so far, in clock ticks (user, nice, system, irq, softirq,
+/// steal): the CPU a workload costs, whichever process or kernel path spends it.
+pub(crate) fn host_busy_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| f.get(i)).sum()
+}
+
+/// One timed boto3 run: calls per second and host CPU milliseconds per call.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Rate {
+    pub rate: f64,
+    pub cpu_ms: f64,
+}
+
+/// Runs `tests/bench/boto3_rate.py CALLS` pinned to the client CPU.
+pub(crate) fn boto3_rate(calls: u64, env: &[(&str, String)]) -> Result<Rate> {
+    let script = root().join("tests/bench/boto3_rate.py");
+    let mut cmd = pinned(CLIENT_CPU, root().join(".venv/bin/python"));
+    cmd.arg(&script)
+        .arg(calls.to_string())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let t0 = host_busy_ticks();
+    let out = cmd.output().context("run boto3_rate.py")?;
+    let ticks = host_busy_ticks().saturating_sub(t0);
+    if !out.status.success() {
+        bail!("boto3_rate.py failed");
+    }
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    let hz = 100.0; // USER_HZ on Linux
+    Ok(Rate {
+        rate: v["rate"]
+            .as_f64()
+            .ok_or_else(|| anyhow!("no rate in {v}"))?,
+        cpu_ms: ticks as f64 / hz * 1000.0 / calls as f64,
+    })
+}
+
+/// Paired rounds of a baseline and a variant: medians and the median per-round ratio.
+pub(crate) fn print_paired(base_name: &str, var_name: &str, base: &[Rate], var: &[Rate]) {
+    let mut ratios: Vec<f64> = base.iter().zip(var).map(|(a, b)| b.rate / a.rate).collect();
+    let med =
+        |f: &dyn Fn(&Rate) -> f64, v: &[Rate]| median(&mut v.iter().map(f).collect::<Vec<_>>());
+    let (ra, rb) = (med(&|r| r.rate, base), med(&|r| r.rate, var));
+    let (ca, cb) = (med(&|r| r.cpu_ms, base), med(&|r| r.cpu_ms, var));
+    let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = ratios.iter().copied().fold(0.0, f64::max);
+    let mr = median(&mut ratios);
+    println!("median {base_name:<24}: {ra:.1} calls/s, {ca:.2} ms host CPU per call");
+    println!("median {var_name:<24}: {rb:.1} calls/s, {cb:.2} ms host CPU per call");
+    println!(
+        "median per-round ratio        : {mr:.3}  (overhead {:.1}%; rounds ranged {lo:.3} to {hi:.3})",
+        (1.0 - mr) * 100.0
+    );
+    println!(
+        "host CPU per call             : {:+.1}% ({:+.3} ms)",
+        (cb / ca - 1.0) * 100.0,
+        cb - ca
+    );
+}
+
 pub(crate) struct Killer(pub(crate) Child);
 
 impl Drop for Killer {
@@ -95,7 +185,7 @@ pub(crate) fn make_cert(dir: &Path) -> Result<(PathBuf, PathBuf)> {
 
 /// moto under gunicorn with TLS and keep-alive; `h2` also offers HTTP/2.
 pub(crate) fn start_emulator(cert: &Path, key: &Path, port: u16, h2: bool) -> Result<Killer> {
-    let mut cmd = Command::new(root().join(".venv/bin/gunicorn"));
+    let mut cmd = pinned(EMULATOR_CPU, root().join(".venv/bin/gunicorn"));
     cmd.current_dir(root().join("tests/clients"))
         .args([
             "-k",
@@ -228,52 +318,50 @@ fn capture(scale: f64) -> Result<()> {
         ("AWS_DEFAULT_REGION", "us-east-1".to_string()),
         ("AWS_CONFIG_FILE", "/dev/null".to_string()),
     ];
-    let script = root()
-        .join("tests/bench/boto3_rate.py")
-        .display()
-        .to_string();
-    let calls = ((400.0 * scale) as u64).max(20).to_string();
-    let rounds = 5;
+    let calls = ((400.0 * scale) as u64).max(20);
+    let rounds = ((10.0 * scale).round() as usize).clamp(4, 20);
     let (mut without, mut with) = (Vec::new(), Vec::new());
     let output = tmp.join("calls.jsonl");
     let mut recorded = 0u64;
     let mut lost = 0u64;
     // Warm-up run (imports, emulator caches), not counted.
-    python_json(&[&script, "20"], &env)?;
+    boto3_rate(20, &env)?;
     for round in 0..rounds {
-        let a = python_json(&[&script, &calls], &env)?["rate"]
-            .as_f64()
-            .unwrap_or(0.0);
-        let _ = std::fs::remove_file(&output);
-        let agent = Agent::start(&output)?;
-        let b = python_json(&[&script, &calls], &env)?["rate"]
-            .as_f64()
-            .unwrap_or(0.0);
-        let summary = agent.stop()?;
-        lost += summary["lost_records"].as_u64().unwrap_or(0);
-        recorded += std::fs::read_to_string(&output)
-            .map(|t| t.lines().count() as u64)
-            .unwrap_or(0);
-        eprintln!("round {round}: {a:.1} calls/s without agent, {b:.1} with");
+        // Alternate which configuration goes first, so drift does not favour one.
+        let (mut a, mut b) = (None, None);
+        for agent_on in [round % 2 == 1, round % 2 == 0] {
+            if !agent_on {
+                a = Some(boto3_rate(calls, &env)?);
+                continue;
+            }
+            let _ = std::fs::remove_file(&output);
+            let agent = Agent::start(&output)?;
+            b = Some(boto3_rate(calls, &env)?);
+            let summary = agent.stop()?;
+            lost += summary["lost_records"].as_u64().unwrap_or(0);
+            recorded += std::fs::read_to_string(&output)
+                .map(|t| t.lines().count() as u64)
+                .unwrap_or(0);
+        }
+        let (a, b) = (a.context("baseline run")?, b.context("agent run")?);
+        eprintln!(
+            "round {round}: {:.1} calls/s without agent, {:.1} with ({:.3})",
+            a.rate,
+            b.rate,
+            b.rate / a.rate
+        );
         without.push(a);
         with.push(b);
     }
-    let (ma, mb) = (median(&mut without), median(&mut with));
     println!(
-        "\n== capture: boto3 sequential calls (STS + DynamoDB, keep-alive TLS), {calls} calls x {rounds} rounds"
+        "\n== capture: boto3 sequential calls (STS + DynamoDB, keep-alive TLS), {calls} calls x {rounds} rounds, alternating; client pinned to CPU 0, emulator to CPU 1"
     );
-    println!("median without agent : {ma:.1} calls/s");
-    println!("median with agent    : {mb:.1} calls/s");
+    print_paired("without agent", "with agent", &without, &with);
     println!(
-        "ratio (with/without) : {:.3}  (overhead {:.1}%)",
-        mb / ma,
-        (1.0 - mb / ma) * 100.0
+        "records written               : {recorded} (expected >= {})",
+        rounds as u64 * (calls + 2)
     );
-    println!(
-        "records written      : {recorded} (expected >= {})",
-        rounds as u64 * (calls.parse::<u64>().unwrap_or(0) + 2)
-    );
-    println!("lost records         : {lost}");
+    println!("lost records                  : {lost}");
 
     // 10,000 TLS writes per second (plus the sink's reads) for a few seconds.
     let tls = root()

@@ -15,8 +15,9 @@
 //! Every rule is scoped to access keys nobody uses, so other processes on the host are never
 //! blocked by the benchmark.
 
-use crate::bench::{Killer, agent_bin, free_port, make_cert, median, start_emulator};
-use crate::root;
+use crate::bench::{
+    Killer, agent_bin, boto3_rate, free_port, make_cert, print_paired, start_emulator,
+};
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -150,20 +151,6 @@ fn policy() -> String {
     y
 }
 
-fn python_rate(script: &str, calls: &str, env: &[(&str, String)]) -> Result<f64> {
-    let mut cmd = Command::new(root().join(".venv/bin/python"));
-    cmd.arg(script).arg(calls).stderr(Stdio::inherit());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output()?;
-    if !out.status.success() {
-        bail!("{script} failed");
-    }
-    let v: Value = serde_json::from_slice(&out.stdout)?;
-    v["rate"].as_f64().ok_or_else(|| anyhow!("no rate in {v}"))
-}
-
 pub fn run(scale: f64) -> Result<()> {
     let bin = agent_bin()?;
     let tmp = std::env::temp_dir().join(format!("hoop-bench-enforce-{}", std::process::id()));
@@ -186,14 +173,10 @@ pub fn run(scale: f64) -> Result<()> {
         ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".to_string()),
         ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
     ];
-    let script = root()
-        .join("tests/bench/boto3_rate.py")
-        .display()
-        .to_string();
     let calls_n = ((600.0 * scale) as u64).max(20);
     let calls = calls_n.to_string();
-    let rounds = ((6.0 * scale).round() as usize).clamp(3, 12);
-    python_rate(&script, "20", &env)?; // warm-up: imports, emulator caches
+    let rounds = ((8.0 * scale).round() as usize).clamp(4, 16);
+    boto3_rate(20, &env)?; // warm-up: imports, emulator caches
     let (mut capture, mut enforce) = (Vec::new(), Vec::new());
     let (mut decisions, mut decision_ns, mut busy, mut drops) = (0u64, 0u64, 0u64, 0u64);
     let pol_s = pol.display().to_string();
@@ -204,7 +187,7 @@ pub fn run(scale: f64) -> Result<()> {
         } else {
             [true, false]
         };
-        let (mut a, mut b) = (0.0, 0.0);
+        let (mut a, mut b) = (None, None);
         for enf in order {
             let dir = tmp.join(format!("r{round}-{enf}"));
             std::fs::create_dir_all(&dir)?;
@@ -214,7 +197,7 @@ pub fn run(scale: f64) -> Result<()> {
                 if s0["sock_ops_attached"] != true {
                     bail!("the policy did not attach socket enforcement: {s0}");
                 }
-                b = python_rate(&script, &calls, &env)?;
+                b = Some(boto3_rate(calls_n, &env)?);
                 let s1 = agent.stats()?;
                 let d = |k: &str| {
                     s1[k]
@@ -228,14 +211,19 @@ pub fn run(scale: f64) -> Result<()> {
                 busy = busy.max(s1["socks_busy"].as_u64().unwrap_or(0));
             } else {
                 let _agent = Agent::start(&bin, &dir, &["--no-enforce"])?;
-                a = python_rate(&script, &calls, &env)?;
+                a = Some(boto3_rate(calls_n, &env)?);
             }
         }
-        eprintln!("round {round}: capture only {a:.1} calls/s, capture + 100 rules {b:.1} calls/s");
+        let (a, b) = (a.context("capture run")?, b.context("enforce run")?);
+        eprintln!(
+            "round {round}: capture only {:.1} calls/s, capture + 100 rules {:.1} calls/s ({:.3})",
+            a.rate,
+            b.rate,
+            b.rate / a.rate
+        );
         capture.push(a);
         enforce.push(b);
     }
-    let (ma, mb) = (median(&mut capture), median(&mut enforce));
     let per_decision = if decisions > 0 {
         decision_ns as f64 / decisions as f64
     } else {
@@ -243,15 +231,10 @@ pub fn run(scale: f64) -> Result<()> {
     };
     let total_calls = calls_n * rounds as u64;
     println!(
-        "\n== enforce: boto3 sequential calls (STS + DynamoDB, keep-alive TLS), {calls} calls x {rounds} rounds, alternating"
+        "\n== enforce: boto3 sequential calls (STS + DynamoDB, keep-alive TLS), {calls} calls x {rounds} rounds, alternating; client pinned to CPU 0, emulator to CPU 1"
     );
-    println!("median capture only          : {ma:.1} calls/s");
-    println!("median capture + 100 rules   : {mb:.1} calls/s");
-    println!(
-        "ratio (rules/capture)        : {:.3}  (enforcement overhead {:.1}%, target < 2%)",
-        mb / ma,
-        (1.0 - mb / ma) * 100.0
-    );
+    print_paired("capture only", "capture + 100 rules", &capture, &enforce);
+    println!("(target: enforcement overhead < 2%)");
     println!(
         "in-kernel decisions          : {decisions} SSL_writes classified host-wide during the measured runs ({:.2} per bench call)",
         decisions as f64 / total_calls as f64
