@@ -60,7 +60,7 @@ const RESCAN_DELAYS: [Duration; 3] = [
 ];
 /// How often batched TLS records are drained from the ring: the latency of a record in
 /// `run` output, never of an enforcement decision (those are taken in the kernel).
-const DRAIN_EVERY: Duration = Duration::from_millis(20);
+const DRAIN_EVERY: Duration = Duration::from_millis(50);
 /// Full rescan of /proc, for libraries mapped long after exec.
 const FULL_SCAN_EVERY: Duration = Duration::from_secs(10);
 /// Connections of an exited process are closed this long after the exit event, so records
@@ -428,7 +428,10 @@ impl EventLoop {
     /// attributed to it too.
     fn attribute(&self, ex: &Exchange, rec: &mut CallRecord) {
         let akid = rec.identity.access_key_id.clone();
-        if let Some(resp) = ex.response.as_ref() {
+        // Signed calls teach principals only through STS; unsigned ones may be the
+        // instance-metadata or container credential endpoints.
+        let may_teach = akid.is_none() || rec.aws.service == "sts";
+        if let Some(resp) = ex.response.as_ref().filter(|_| may_teach) {
             let _ = self.identity.principals().learn_from_exchange(
                 &hoop_identity::principal::HttpExchange {
                     host: rec.request.host.as_deref(),

@@ -246,8 +246,9 @@ fn real_main(cli: &Cli, run_cfg: Option<Config>) -> Result<()> {
                     stats: a.enforce_stats,
                 }),
             };
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
+            // One thread runs the event loop, timers and I/O, so a ring drain never needs a
+            // cross-thread wake-up; API handlers do their store work on the blocking pool.
+            tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
                 .block_on(agent::run(opts))

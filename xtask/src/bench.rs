@@ -92,6 +92,20 @@ pub(crate) fn host_busy_ticks() -> u64 {
     [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| f.get(i)).sum()
 }
 
+/// utime + stime of a process, in clock ticks (0 once it is gone).
+pub(crate) fn process_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised comm: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    f.iter().sum()
+}
+
 /// One timed boto3 run: calls per second and host CPU milliseconds per call.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Rate {
@@ -324,6 +338,7 @@ fn capture(scale: f64) -> Result<()> {
     let output = tmp.join("calls.jsonl");
     let mut recorded = 0u64;
     let mut lost = 0u64;
+    let mut agent_ticks = 0u64;
     // Warm-up run (imports, emulator caches), not counted.
     boto3_rate(20, &env)?;
     for round in 0..rounds {
@@ -336,7 +351,9 @@ fn capture(scale: f64) -> Result<()> {
             }
             let _ = std::fs::remove_file(&output);
             let agent = Agent::start(&output)?;
+            let t0 = process_ticks(agent.child.id());
             b = Some(boto3_rate(calls, &env)?);
+            agent_ticks += process_ticks(agent.child.id()).saturating_sub(t0);
             let summary = agent.stop()?;
             lost += summary["lost_records"].as_u64().unwrap_or(0);
             recorded += std::fs::read_to_string(&output)
@@ -357,6 +374,11 @@ fn capture(scale: f64) -> Result<()> {
         "\n== capture: boto3 sequential calls (STS + DynamoDB, keep-alive TLS), {calls} calls x {rounds} rounds, alternating; client pinned to CPU 0, emulator to CPU 1"
     );
     print_paired("without agent", "with agent", &without, &with);
+    let agent_ms = agent_ticks as f64 * 10.0 / (calls * rounds as u64) as f64;
+    println!(
+        "agent process CPU per call    : {agent_ms:.3} ms ({:.1}% of the host CPU a call costs without it; includes its start-up transients)",
+        agent_ms / median(&mut without.iter().map(|r| r.cpu_ms).collect::<Vec<_>>()) * 100.0
+    );
     println!(
         "records written               : {recorded} (expected >= {})",
         rounds as u64 * (calls + 2)
