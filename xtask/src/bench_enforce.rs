@@ -16,7 +16,7 @@
 //! blocked by the benchmark.
 
 use crate::bench::{
-    Killer, agent_bin, boto3_rate, free_port, make_cert, print_paired, start_emulator,
+    Killer, agent_bin, boto3_rate, free_port, make_cert, median, print_paired, start_emulator,
 };
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
@@ -253,6 +253,78 @@ pub fn run(scale: f64) -> Result<()> {
             "WARNING: {busy} sockets were owned by another agent's sk_msg program during the run"
         );
     }
+    decision_loop(&bin, &tmp, &cert, &key, &pol_s, scale)?;
     let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+/// The same policy, one process classifying one boto3-shaped STS request (head and body
+/// write) over and over through in-memory TLS: the decision cost with warm caches, next to
+/// the per-call figure above (where the client's own work evicts them between calls).
+fn decision_loop(
+    bin: &Path,
+    tmp: &Path,
+    cert: &Path,
+    key: &Path,
+    pol: &str,
+    scale: f64,
+) -> Result<()> {
+    let script = crate::root().join("tests/bench/decide_loop.py");
+    let n = ((20_000.0 * scale) as u64).max(1000).to_string();
+    let run_loop = || -> Result<f64> {
+        let out = crate::bench::pinned(0, crate::root().join(".venv/bin/python"))
+            .arg(&script)
+            .arg(cert)
+            .arg(key)
+            .arg(&n)
+            .stderr(Stdio::inherit())
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow!("decide_loop.py printed {text:?}"))
+    };
+    let (mut capture, mut enforce, mut per_write) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..3 {
+        let dir = tmp.join(format!("loop{round}"));
+        std::fs::create_dir_all(dir.join("c"))?;
+        std::fs::create_dir_all(dir.join("e"))?;
+        {
+            let _agent = Agent::start(bin, &dir.join("c"), &["--no-enforce"])?;
+            capture.push(run_loop()?);
+        }
+        let agent = Agent::start(bin, &dir.join("e"), &["--policy", pol, "--enforce-stats"])?;
+        let s0 = agent.stats()?;
+        enforce.push(run_loop()?);
+        let s1 = agent.stats()?;
+        let d = |k: &str| {
+            s1[k]
+                .as_u64()
+                .unwrap_or(0)
+                .saturating_sub(s0[k].as_u64().unwrap_or(0))
+        };
+        if d("decisions") > 0 {
+            per_write.push(d("decision_ns") as f64 / d("decisions") as f64);
+        }
+    }
+    let (c, e, w) = (
+        median(&mut capture),
+        median(&mut enforce),
+        median(&mut per_write),
+    );
+    println!(
+        "\n== enforce: one STS request (head + body write) classified {n} times in one process, 3 rounds"
+    );
+    println!("median loop time, capture only : {c:.2} us per request");
+    println!(
+        "median loop time, + 100 rules  : {e:.2} us per request ({:+.2} us)",
+        e - c
+    );
+    println!(
+        "median in-kernel decision      : {:.2} us per classified write, {:.2} us per request (2 writes)",
+        w / 1000.0,
+        2.0 * w / 1000.0
+    );
     Ok(())
 }
