@@ -199,12 +199,7 @@ pub fn run(scale: f64) -> Result<()> {
                 }
                 b = Some(boto3_rate(calls_n, &env)?);
                 let s1 = agent.stats()?;
-                let d = |k: &str| {
-                    s1[k]
-                        .as_u64()
-                        .unwrap_or(0)
-                        .saturating_sub(s0[k].as_u64().unwrap_or(0))
-                };
+                let d = |k: &str| delta(&s0, &s1, k);
                 decisions += d("decisions");
                 decision_ns += d("decision_ns");
                 drops += d("drops");
@@ -258,6 +253,14 @@ pub fn run(scale: f64) -> Result<()> {
     Ok(())
 }
 
+/// How much counter `k` of the enforcement stats moved between two snapshots.
+fn delta(s0: &Value, s1: &Value, k: &str) -> u64 {
+    s1[k]
+        .as_u64()
+        .unwrap_or(0)
+        .saturating_sub(s0[k].as_u64().unwrap_or(0))
+}
+
 /// The same policy, one process classifying one boto3-shaped STS request (head and body
 /// write) over and over through in-memory TLS: the decision cost with warm caches, next to
 /// the per-call figure above (where the client's own work evicts them between calls).
@@ -298,12 +301,7 @@ fn decision_loop(
         let s0 = agent.stats()?;
         enforce.push(run_loop()?);
         let s1 = agent.stats()?;
-        let d = |k: &str| {
-            s1[k]
-                .as_u64()
-                .unwrap_or(0)
-                .saturating_sub(s0[k].as_u64().unwrap_or(0))
-        };
+        let d = |k: &str| delta(&s0, &s1, k);
         if d("decisions") > 0 {
             per_write.push(d("decision_ns") as f64 / d("decisions") as f64);
         }
