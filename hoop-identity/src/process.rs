@@ -720,6 +720,19 @@ impl ProcessCache {
     }
 }
 
+/// Test helper: returns once `pid` has finished exec. `spawn` returns as soon as the child
+/// closes its close-on-exec descriptors, before the kernel has set up the new argv, so
+/// /proc/PID/cmdline can still read empty then; the exec tracepoint the agent uses fires after.
+#[cfg(test)]
+pub(crate) fn wait_exec_done(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.is_empty())
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -788,8 +801,7 @@ mod tests {
             .spawn()
             .expect("spawn sleep");
         let pid = child.id();
-        // The exec tracepoint fires once exec is complete; give the child that long.
-        std::thread::sleep(Duration::from_millis(50));
+        wait_exec_done(pid);
         let info = c.on_exec(pid, std::process::id(), "/usr/bin/sleep");
         assert!(info.from_proc);
         assert_eq!(info.comm, "sleep");

@@ -221,6 +221,7 @@ mod tests {
         // once read, to show attribution outliving the process.
         let mut child = Command::new("sleep").arg("30").spawn().expect("spawn");
         let pid = child.id();
+        crate::process::wait_exec_done(pid);
         r.on_exec(pid, std::process::id(), "/usr/bin/sleep");
         child.kill().expect("kill");
         child.wait().expect("wait");
