@@ -244,17 +244,17 @@ pub(crate) fn agent_bin() -> Result<PathBuf> {
     Ok(crate::target_dir().join("release/hoop-agent"))
 }
 
-/// The release agent, started and waited for until ready; `stop` returns its summary line.
-struct Agent {
+/// A hoop agent run by a benchmark: started with `args`, waited for until ready, stopped
+/// with SIGTERM (it flushes what it holds) when dropped or by `stop`.
+pub(crate) struct BenchAgent {
     child: Child,
     lines: std::sync::mpsc::Receiver<String>,
 }
 
-impl Agent {
-    fn start(output: &Path) -> Result<Self> {
-        let mut child = Command::new(crate::target_dir().join("release/hoop-agent"))
-            .args(["--log-format", "json", "run", "--no-stdout", "--output"])
-            .arg(output)
+impl BenchAgent {
+    pub(crate) fn start<S: AsRef<std::ffi::OsStr>>(bin: &Path, args: &[S]) -> Result<Self> {
+        let mut child = Command::new(bin)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -266,37 +266,76 @@ impl Agent {
                 let _ = tx.send(l);
             }
         });
-        let a = Agent { child, lines: rx };
-        a.wait_for("hoop-agent ready", Duration::from_secs(60))?;
+        let a = BenchAgent { child, lines: rx };
+        a.wait_for(&["hoop-agent ready"], Duration::from_secs(60))?;
         Ok(a)
     }
 
-    fn wait_for(&self, needle: &str, timeout: Duration) -> Result<String> {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The next log line containing every one of `needles`; error lines are echoed.
+    pub(crate) fn wait_for(&self, needles: &[&str], timeout: Duration) -> Result<String> {
         let end = Instant::now() + timeout;
         loop {
-            let left = end.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) if l.contains(needle) => return Ok(l),
+            match self
+                .lines
+                .recv_timeout(end.saturating_duration_since(Instant::now()))
+            {
+                Ok(l) if needles.iter().all(|n| l.contains(n)) => return Ok(l),
+                Ok(l) if l.contains("\"ERROR\"") => eprintln!("agent: {l}"),
                 Ok(_) => {}
-                Err(_) => bail!("agent did not log {needle:?}"),
+                Err(_) => bail!("agent did not log {needles:?}"),
             }
         }
     }
 
-    /// SIGTERM, then the `capture summary` fields.
-    fn stop(mut self) -> Result<Value> {
+    fn terminate(&self) {
         // SAFETY: kill(2) on our own child.
         unsafe { libc_kill(self.child.id() as i32, 15) };
-        let line = self.wait_for("capture summary", Duration::from_secs(30))?;
+    }
+
+    /// SIGTERM, then the fields of the `capture summary` line.
+    pub(crate) fn stop(mut self) -> Result<Value> {
+        self.terminate();
+        let line = self.wait_for(&["capture summary"], Duration::from_secs(30))?;
         let _ = self.child.wait();
         let v: Value = serde_json::from_str(&line)?;
         Ok(v["fields"].clone())
     }
 }
 
+impl Drop for BenchAgent {
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        self.terminate();
+        let end = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 unsafe extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// The release agent writing records to `output`.
+fn capture_agent(output: &Path) -> Result<BenchAgent> {
+    let bin = crate::target_dir().join("release/hoop-agent");
+    let args = ["--log-format", "json", "run", "--no-stdout", "--output"];
+    let mut all: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    all.push(output.as_os_str());
+    BenchAgent::start(&bin, &all)
 }
 
 fn python_json(args: &[&str], env: &[(&str, String)]) -> Result<Value> {
@@ -350,10 +389,10 @@ fn capture(scale: f64) -> Result<()> {
                 continue;
             }
             let _ = std::fs::remove_file(&output);
-            let agent = Agent::start(&output)?;
-            let t0 = process_ticks(agent.child.id());
+            let agent = capture_agent(&output)?;
+            let t0 = process_ticks(agent.pid());
             b = Some(boto3_rate(calls, &env)?);
-            agent_ticks += process_ticks(agent.child.id()).saturating_sub(t0);
+            agent_ticks += process_ticks(agent.pid()).saturating_sub(t0);
             let summary = agent.stop()?;
             lost += summary["lost_records"].as_u64().unwrap_or(0);
             recorded += std::fs::read_to_string(&output)
@@ -401,7 +440,7 @@ fn capture(scale: f64) -> Result<()> {
         ],
         &[],
     )?;
-    let agent = Agent::start(&tmp.join("tls.jsonl"))?;
+    let agent = capture_agent(&tmp.join("tls.jsonl"))?;
     let r = python_json(
         &[
             &tls,

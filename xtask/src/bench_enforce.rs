@@ -16,82 +16,45 @@
 //! blocked by the benchmark.
 
 use crate::bench::{
-    Killer, agent_bin, boto3_rate, free_port, make_cert, median, print_paired, start_emulator,
+    BenchAgent, agent_bin, boto3_rate, free_port, make_cert, median, print_paired, start_emulator,
 };
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
 
-/// The agent, stopped (SIGTERM) when dropped.
+/// The agent with its own data directory and API socket, stopped (SIGTERM) when dropped.
 struct Agent {
-    child: Killer,
-    lines: std::sync::mpsc::Receiver<String>,
+    _agent: BenchAgent,
     socket: PathBuf,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let pid = self.child.0.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let end = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < end {
-            if let Ok(Some(_)) = self.child.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
 }
 
 impl Agent {
     fn start(bin: &Path, dir: &Path, extra: &[&str]) -> Result<Self> {
         let socket = dir.join("api.sock");
         let _ = std::fs::remove_file(&socket);
-        let mut child = Command::new(bin)
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .args(["--log-format", "json", "run", "--no-stdout", "--output"])
-            .arg(dir.join("calls.jsonl"))
-            .arg("--api-socket")
-            .arg(&socket)
-            .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port()?)])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("start hoop-agent")?;
-        let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(l);
-            }
-        });
-        let a = Agent {
-            child: Killer(child),
-            lines: rx,
+        let (data, calls) = (dir.join("data"), dir.join("calls.jsonl"));
+        let metrics = format!("127.0.0.1:{}", free_port()?);
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "--data-dir".as_ref(),
+            data.as_os_str(),
+            "--log-format".as_ref(),
+            "json".as_ref(),
+            "run".as_ref(),
+            "--no-stdout".as_ref(),
+            "--output".as_ref(),
+            calls.as_os_str(),
+            "--api-socket".as_ref(),
+            socket.as_os_str(),
+            "--metrics-addr".as_ref(),
+            metrics.as_ref(),
+        ];
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
+        Ok(Agent {
+            _agent: BenchAgent::start(bin, &args)?,
             socket,
-        };
-        a.wait_for("hoop-agent ready")?;
-        Ok(a)
-    }
-
-    fn wait_for(&self, needle: &str) -> Result<String> {
-        let end = Instant::now() + Duration::from_secs(60);
-        loop {
-            match self
-                .lines
-                .recv_timeout(end.saturating_duration_since(Instant::now()))
-            {
-                Ok(l) if l.contains(needle) => return Ok(l),
-                Ok(l) if l.contains("\"ERROR\"") => eprintln!("agent: {l}"),
-                Ok(_) => {}
-                Err(_) => bail!("agent did not log {needle:?}"),
-            }
-        }
+        })
     }
 
     /// `GET /v1/enforce/stats` on the local API.

@@ -4,14 +4,13 @@
 //!
 //! The agent binary is `$HOOP_AGENT_BIN` when set, else `target/release/hoop-agent` (built).
 
-use crate::bench::{Killer, agent_bin, free_port, make_cert, median, start_emulator};
+use crate::bench::{BenchAgent, Killer, agent_bin, free_port, make_cert, median, start_emulator};
 use crate::{root, run as sh};
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, bail};
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn build_client(dir: &Path) -> Result<PathBuf> {
     let out = dir.join("sdkv2");
@@ -29,61 +28,19 @@ fn build_client(dir: &Path) -> Result<PathBuf> {
 
 /// The agent, running until dropped (SIGTERM: it flushes what it holds); `attached` waits
 /// until it probes a client.
-struct Agent {
-    _child: Killer,
-    lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let pid = self._child.0.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let end = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < end {
-            if let Ok(Some(_)) = self._child.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
+struct Agent(BenchAgent);
 
 impl Agent {
     fn start(bin: &Path, output: &Path) -> Result<Self> {
-        let mut child = Command::new(bin)
-            .args(["--log-format", "json", "run", "--no-stdout", "--output"])
-            .arg(output)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("start hoop-agent")?;
-        let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(l);
-            }
-        });
-        let a = Agent {
-            _child: Killer(child),
-            lines: rx,
-        };
-        a.wait_for(&["hoop-agent ready"])?;
-        Ok(a)
-    }
-
-    fn wait_for(&self, needles: &[&str]) -> Result<()> {
-        let end = Instant::now() + Duration::from_secs(60);
-        loop {
-            match self
-                .lines
-                .recv_timeout(end.saturating_duration_since(Instant::now()))
-            {
-                Ok(l) if needles.iter().all(|n| l.contains(n)) => return Ok(()),
-                Ok(_) => {}
-                Err(_) => bail!("agent did not log {needles:?}"),
-            }
-        }
+        let args: [&std::ffi::OsStr; 6] = [
+            "--log-format".as_ref(),
+            "json".as_ref(),
+            "run".as_ref(),
+            "--no-stdout".as_ref(),
+            "--output".as_ref(),
+            output.as_os_str(),
+        ];
+        Ok(Agent(BenchAgent::start(bin, &args)?))
     }
 
     fn attached(&self, client: &Path) -> Result<()> {
@@ -93,7 +50,11 @@ impl Agent {
                 .stdout(Stdio::null())
                 .spawn()?,
         );
-        self.wait_for(&["TLS library attached", &client.display().to_string()])
+        self.0.wait_for(
+            &["TLS library attached", &client.display().to_string()],
+            Duration::from_secs(60),
+        )?;
+        Ok(())
     }
 }
 
