@@ -353,7 +353,13 @@ pub fn go_functions_in(data: &[u8]) -> Result<GoBinary, GoSkip> {
         section_offset: text.1,
         worker: false,
     };
-    let mut functions = vec![func(GO_WRITE, write.entry), func(GO_READ, read.entry)];
+    // Entry probes on the stack-bound check's jbe rather than its (single-stepped) cmp.
+    let entry = |f: &PcFunc| {
+        read_at(&obj, f.entry, 16)
+            .and_then(|c| crate::probe_site::cheap_site(c, f.entry))
+            .unwrap_or(f.entry)
+    };
+    let mut functions = vec![func(GO_WRITE, entry(write)), func(GO_READ, entry(read))];
     functions.extend(rets.into_iter().map(|a| func(GO_READ_RET, a)));
     Ok(GoBinary {
         version,

@@ -22,12 +22,6 @@ use iced_x86::{
 /// Instructions decoded at most while looking for the forwarding call.
 const MAX_PREFIX: usize = 16;
 
-fn first(code: &[u8], ip: u64) -> Option<Instruction> {
-    let mut d = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
-    let ins = d.decode();
-    (!ins.is_invalid()).then_some(ins)
-}
-
 /// Does the kernel emulate `ins` when a uprobe sits on it (no single-step)?
 fn emulated(ins: &Instruction) -> bool {
     match ins.mnemonic() {
@@ -38,19 +32,34 @@ fn emulated(ins: &Instruction) -> bool {
     }
 }
 
-/// Where a probe on the function at `ip` traps cheaply: its first instruction if the kernel
-/// emulates it, or the one after a leading `endbr64` (which touches neither registers nor the
-/// stack, so entry arguments and the return address are still in place there).
+/// Where a probe on the function at `ip` traps cheaply: the first instruction the kernel
+/// emulates, if only instructions that change nothing but flags come before it (`endbr64`, and
+/// `cmp`/`test` such as Go's stack-bound check before its `jbe`). Registers, memory and the
+/// stack are untouched up to there, so entry arguments and the return address are still in
+/// place.
 pub fn cheap_site(code: &[u8], ip: u64) -> Option<u64> {
-    let i = first(code, ip)?;
-    if emulated(&i) {
-        return Some(ip);
+    let mut d = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
+    let mut ins = Instruction::default();
+    for _ in 0..3 {
+        if !d.can_decode() {
+            return None;
+        }
+        d.decode_out(&mut ins);
+        if ins.is_invalid() {
+            return None;
+        }
+        if emulated(&ins) {
+            return Some(ins.ip());
+        }
+        let flags_only = matches!(
+            ins.mnemonic(),
+            Mnemonic::Endbr64 | Mnemonic::Cmp | Mnemonic::Test
+        );
+        if !flags_only {
+            return None;
+        }
     }
-    if i.mnemonic() != Mnemonic::Endbr64 {
-        return None;
-    }
-    let next = first(code.get(i.len()..)?, i.next_ip())?;
-    emulated(&next).then(|| next.ip())
+    None
 }
 
 /// Target of the first direct call, following straight-line code from `ip`. With
@@ -164,6 +173,11 @@ mod tests {
             cheap_site(&[0xf3, 0x0f, 0x1e, 0xfa, 0x31, 0xc0], 0x1000),
             None
         );
+        // Go: cmp 0x10(%r14),%rsp; jbe morestack: the jbe is emulated.
+        let go = [0x49, 0x3b, 0x66, 0x10, 0x0f, 0x86, 0x10, 0, 0, 0];
+        assert_eq!(cheap_site(&go, 0x4000), Some(0x4004));
+        // A leading register write is not skipped.
+        assert_eq!(cheap_site(&[0x48, 0x89, 0xe5, 0x55], 0x1000), None);
         let code_at = |_| Some(WORKER);
         assert_eq!(shared_worker((&pushes, 0x1000), None, code_at), None);
         // The plain wrapper calls something else: no shared worker.
