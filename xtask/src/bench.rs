@@ -106,6 +106,25 @@ pub(crate) fn process_ticks(pid: u32) -> u64 {
     f.iter().sum()
 }
 
+/// Environment of an SDK client talking to the emulator on `port` with the test
+/// certificate and a benchmark key (no shared config, credentials file or metadata service).
+pub(crate) fn client_env(port: u16, cert: &Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("HOOP_ENDPOINT", format!("https://127.0.0.1:{port}")),
+        ("AWS_CA_BUNDLE", cert.display().to_string()),
+        ("AWS_ACCESS_KEY_ID", "AKIAHOOPBENCH0000001".to_string()),
+        (
+            "AWS_SECRET_ACCESS_KEY",
+            "benchsecretbenchsecretbenchsecret0000000".to_string(),
+        ),
+        ("AWS_DEFAULT_REGION", "us-east-1".to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+        ("AWS_CONFIG_FILE", "/dev/null".to_string()),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".to_string()),
+        ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
+    ]
+}
+
 /// One timed boto3 run: calls per second and host CPU milliseconds per call.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Rate {
@@ -360,17 +379,7 @@ fn capture(scale: f64) -> Result<()> {
     let (cert, key) = make_cert(&tmp)?;
     let port = free_port()?;
     let _emu = start_emulator(&cert, &key, port, false)?;
-    let env = vec![
-        ("HOOP_ENDPOINT", format!("https://127.0.0.1:{port}")),
-        ("AWS_CA_BUNDLE", cert.display().to_string()),
-        ("AWS_ACCESS_KEY_ID", "AKIAHOOPBENCH0000001".to_string()),
-        (
-            "AWS_SECRET_ACCESS_KEY",
-            "benchsecretbenchsecretbenchsecret0000000".to_string(),
-        ),
-        ("AWS_DEFAULT_REGION", "us-east-1".to_string()),
-        ("AWS_CONFIG_FILE", "/dev/null".to_string()),
-    ];
+    let env = client_env(port, &cert);
     let calls = ((400.0 * scale) as u64).max(20);
     let rounds = ((10.0 * scale).round() as usize).clamp(4, 20);
     let (mut without, mut with) = (Vec::new(), Vec::new());
@@ -430,27 +439,21 @@ fn capture(scale: f64) -> Result<()> {
         .display()
         .to_string();
     let seconds = format!("{}", (5.0 * scale).max(1.0));
-    let base = python_json(
-        &[
-            &tls,
-            &cert.display().to_string(),
-            &key.display().to_string(),
-            "10000",
-            &seconds,
-        ],
-        &[],
-    )?;
+    let paced = || {
+        python_json(
+            &[
+                &tls,
+                &cert.display().to_string(),
+                &key.display().to_string(),
+                "10000",
+                &seconds,
+            ],
+            &[],
+        )
+    };
+    let base = paced()?;
     let agent = capture_agent(&tmp.join("tls.jsonl"))?;
-    let r = python_json(
-        &[
-            &tls,
-            &cert.display().to_string(),
-            &key.display().to_string(),
-            "10000",
-            &seconds,
-        ],
-        &[],
-    )?;
+    let r = paced()?;
     let summary = agent.stop()?;
     println!(
         "\n== capture: paced TLS writes (200 B each) at 10,000/s for {seconds} s, client and sink in one process"

@@ -16,7 +16,8 @@
 //! blocked by the benchmark.
 
 use crate::bench::{
-    BenchAgent, agent_bin, boto3_rate, free_port, make_cert, median, print_paired, start_emulator,
+    BenchAgent, agent_bin, boto3_rate, client_env, free_port, make_cert, median, print_paired,
+    start_emulator,
 };
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
@@ -123,19 +124,7 @@ pub fn run(scale: f64) -> Result<()> {
     let _emu = start_emulator(&cert, &key, port, false)?;
     let pol = tmp.join("policy.yaml");
     std::fs::write(&pol, policy())?;
-    let env = vec![
-        ("HOOP_ENDPOINT", format!("https://127.0.0.1:{port}")),
-        ("AWS_CA_BUNDLE", cert.display().to_string()),
-        ("AWS_ACCESS_KEY_ID", "AKIAHOOPBENCH0000001".to_string()),
-        (
-            "AWS_SECRET_ACCESS_KEY",
-            "benchsecretbenchsecretbenchsecret0000000".to_string(),
-        ),
-        ("AWS_DEFAULT_REGION", "us-east-1".to_string()),
-        ("AWS_CONFIG_FILE", "/dev/null".to_string()),
-        ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".to_string()),
-        ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
-    ];
+    let env = client_env(port, &cert);
     let calls_n = ((600.0 * scale) as u64).max(20);
     let calls = calls_n.to_string();
     let rounds = ((8.0 * scale).round() as usize).clamp(4, 16);

@@ -4,7 +4,9 @@
 //!
 //! The agent binary is `$HOOP_AGENT_BIN` when set, else `target/release/hoop-agent` (built).
 
-use crate::bench::{BenchAgent, Killer, agent_bin, free_port, make_cert, median, start_emulator};
+use crate::bench::{
+    BenchAgent, Killer, agent_bin, client_env, free_port, make_cert, median, start_emulator,
+};
 use crate::{root, run as sh};
 use anyhow::{Result, bail};
 use serde_json::Value;
@@ -94,17 +96,8 @@ pub fn run(scale: f64) -> Result<()> {
     for (h2, label) in [(true, "HTTP/2"), (false, "HTTP/1.1")] {
         let port = free_port()?;
         let _emu = start_emulator(&cert, &key, port, h2)?;
-        let env = vec![
-            ("HOOP_ENDPOINT", format!("https://127.0.0.1:{port}")),
-            ("HOOP_CA", cert.display().to_string()),
-            ("AWS_CA_BUNDLE", cert.display().to_string()),
-            ("AWS_ACCESS_KEY_ID", "AKIAHOOPBENCH0000001".to_string()),
-            (
-                "AWS_SECRET_ACCESS_KEY",
-                "benchsecretbenchsecretbenchsecret0000000".to_string(),
-            ),
-            ("AWS_REGION", "us-east-1".to_string()),
-        ];
+        let mut env = client_env(port, &cert);
+        env.push(("HOOP_CA", cert.display().to_string()));
         rate(&client, &env, 0.5)?; // warm-up, not counted
         let (mut without, mut with) = (Vec::new(), Vec::new());
         let mut recorded = 0usize;
