@@ -201,8 +201,13 @@ pub(crate) fn emit_from<C: EbpfContext>(
 
     // Waking the agent per record costs a self-IPI (a VM exit under virtualisation) on the
     // caller's CPU: records are batched and the agent drains on a short timer, unless the ring
-    // is filling up.
-    let wake = if TLS_EVENTS.query(BPF_RB_AVAIL_DATA as u64)
+    // is filling up, counting what this call is about to add (so a small ring wakes every time).
+    let adding = if moved > (MAX_CHUNKS * CHUNK_SIZE) as u64 {
+        (MAX_CHUNKS * CHUNK_SIZE) as u64
+    } else {
+        moved
+    };
+    let wake = if TLS_EVENTS.query(BPF_RB_AVAIL_DATA as u64) + adding
         > TLS_EVENTS.query(BPF_RB_RING_SIZE as u64) / WAKEUP_FILL_DIVISOR
     {
         BPF_RB_FORCE_WAKEUP
