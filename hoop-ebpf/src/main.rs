@@ -16,7 +16,6 @@ mod go_tls;
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
@@ -36,9 +35,6 @@ use hoop_common::{
 /// Plaintext records. The agent may resize it at load time (`--ring-buffer-bytes`).
 #[map]
 static TLS_EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
-
-/// The agent is woken once the ring holds more than 1/WAKEUP_FILL_DIVISOR of its size.
-const WAKEUP_FILL_DIVISOR: u64 = 8;
 
 /// Process exec/exit events.
 #[map]
@@ -199,21 +195,6 @@ pub(crate) fn emit_from<C: EbpfContext>(
     h.direction = direction;
     h.source = source;
 
-    // Waking the agent per record costs a self-IPI (a VM exit under virtualisation) on the
-    // caller's CPU: records are batched and the agent drains on a short timer, unless the ring
-    // is filling up, counting what this call is about to add (so a small ring wakes every time).
-    let adding = if moved > (MAX_CHUNKS * CHUNK_SIZE) as u64 {
-        (MAX_CHUNKS * CHUNK_SIZE) as u64
-    } else {
-        moved
-    };
-    let wake = if TLS_EVENTS.query(BPF_RB_AVAIL_DATA as u64) + adding
-        > TLS_EVENTS.query(BPF_RB_RING_SIZE as u64) / WAKEUP_FILL_DIVISOR
-    {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    } as u64;
     let total = moved;
     // A call longer than all records together keeps its head and its tail: framing (HTTP
     // heads, chunk sizes, trailers) lives at the edges, the middle is payload.
@@ -258,7 +239,7 @@ pub(crate) fn emit_from<C: EbpfContext>(
         // SAFETY: `size` <= size_of::<TlsEvent>() since len <= CHUNK_SIZE.
         let bytes =
             unsafe { core::slice::from_raw_parts((ev as *const TlsEvent).cast::<u8>(), size) };
-        if TLS_EVENTS.output(bytes, wake).is_err() {
+        if TLS_EVENTS.output(bytes, 0).is_err() {
             count(counter::LOST_RECORDS, 1);
             count(counter::LOST_BYTES, len);
         }
