@@ -58,7 +58,7 @@ const RESCAN_DELAYS: [Duration; 3] = [
     Duration::from_millis(200),
     Duration::from_millis(2000),
 ];
-/// How often batched TLS records are drained from the ring: the latency of a record in
+/// A periodic drain of the rings besides their wake-ups: the latest a record waits in
 /// `run` output, never of an enforcement decision (those are taken in the kernel).
 const DRAIN_EVERY: Duration = Duration::from_millis(50);
 /// Full rescan of /proc, for libraries mapped long after exec.
@@ -163,8 +163,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
     let mut tls = poll(tls_ring)?;
     let mut proc = poll(proc_ring)?;
-    // Decisions wake the loop (the kernel marks routine audit outcomes no-wakeup); plaintext
-    // records are batched by the kernel and drained on `drain` (or when the ring fills).
+    // Decisions wake the loop (the kernel marks routine audit outcomes no-wakeup); every ring
+    // is also drained on `drain`.
     let decisions = match &ev.enforcer {
         Some(e) => Some(poll(e.ring_fd()?)?),
         None => None,
