@@ -58,8 +58,8 @@ const RESCAN_DELAYS: [Duration; 3] = [
     Duration::from_millis(200),
     Duration::from_millis(2000),
 ];
-/// A periodic drain of the rings besides their wake-ups: the latest a record waits in
-/// `run` output, never of an enforcement decision (those are taken in the kernel).
+/// A periodic drain of the rings besides their wake-ups (never on the path of an enforcement
+/// decision: those are taken in the kernel).
 const DRAIN_EVERY: Duration = Duration::from_millis(50);
 /// Full rescan of /proc, for libraries mapped long after exec.
 const FULL_SCAN_EVERY: Duration = Duration::from_secs(10);
