@@ -12,13 +12,12 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSockAddr, SkMsg, SockOps},
 };
 use hoop_common::{
-    AkidKey, Cands, DecisionEvent, EndpointKey, EndpointVal, EnforceConfig, GrantKey, RuleDef,
-    WlKey, enf,
+    Cands, DecisionEvent, EndpointKey, EndpointVal, EnforceConfig, GrantKey, RuleDef, RuleMask, enf,
 };
 use hoop_event::{CallRecord, Decision};
 use hoop_identity::k8s::{PodCache, PodMeta};
 use serde_json::{Value, json};
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -41,10 +40,9 @@ struct Maps {
     config: Array<MapData, EnforceConfig>,
     actions: BpfHashMap<MapData, u64, Cands>,
     rules: Array<MapData, RuleDef>,
-    wl: BpfHashMap<MapData, WlKey, u8>,
-    scope_cg: BpfHashMap<MapData, u64, u8>,
-    scope_pid: BpfHashMap<MapData, u32, u8>,
-    akids: BpfHashMap<MapData, AkidKey, u8>,
+    scope_cg: BpfHashMap<MapData, u64, RuleMask>,
+    scope_pid: BpfHashMap<MapData, u32, RuleMask>,
+    akids: BpfHashMap<MapData, u64, RuleMask>,
     grants: BpfHashMap<MapData, GrantKey, u64>,
     verdict: BpfHashMap<MapData, u64, u32>,
     endpoints: LpmTrie<MapData, EndpointKey, EndpointVal>,
@@ -56,10 +54,9 @@ struct Maps {
 struct Written {
     actions: BTreeSet<u64>,
     rules: u32,
-    wl: BTreeSet<(u64, u32, u32)>,
-    scope_cg: BTreeSet<u64>,
-    scope_pid: BTreeSet<u32>,
-    akids: BTreeSet<(u64, u32)>,
+    scope_cg: BTreeMap<u64, RuleMask>,
+    scope_pid: BTreeMap<u32, RuleMask>,
+    akids: BTreeMap<u64, RuleMask>,
     endpoints: BTreeSet<(u32, [u8; 8], [u8; 16])>,
 }
 
@@ -220,7 +217,6 @@ pub fn start(ebpf: &mut Ebpf, opts: &EnforceOptions) -> Result<Enforcer> {
         config: take(ebpf, "ENF_CONFIG")?,
         actions: take(ebpf, "ENF_ACTIONS")?,
         rules: take(ebpf, "ENF_RULES")?,
-        wl: take(ebpf, "ENF_WL")?,
         scope_cg: take(ebpf, "ENF_SCOPE_CG")?,
         scope_pid: take(ebpf, "ENF_SCOPE_PID")?,
         akids: take(ebpf, "ENF_AKIDS")?,
@@ -480,6 +476,25 @@ pub fn rule_keys(r: &policy::CompiledRule, known: &[(String, String)]) -> BTreeS
         .collect()
 }
 
+/// Brings a kernel mask map from `old` to `new`: changed entries written first, then the
+/// stale ones removed.
+fn sync_masks<K: aya::Pod + Ord>(
+    map: &mut BpfHashMap<MapData, K, RuleMask>,
+    old: &BTreeMap<K, RuleMask>,
+    new: &BTreeMap<K, RuleMask>,
+) {
+    for (k, m) in new {
+        if old.get(k) != Some(m)
+            && let Err(e) = map.insert(k, m, 0)
+        {
+            error!("write rule mask: {e}");
+        }
+    }
+    for k in old.keys().filter(|k| !new.contains_key(k)) {
+        let _ = map.remove(k);
+    }
+}
+
 fn fnv(s: &str) -> u64 {
     enf::fnv(s.as_bytes())
 }
@@ -513,6 +528,7 @@ impl State {
     /// Writes a compiled policy into the kernel maps (new entries first, then stale ones out).
     pub fn apply(&mut self, c: Arc<Compiled>) {
         // Rules.
+        let mut slot_flags = Vec::with_capacity(c.krules.len());
         for (slot, kr) in c.krules.iter().enumerate() {
             let r = &c.rules[kr.rule];
             let mut flags = 0u8;
@@ -538,6 +554,7 @@ impl State {
                 def.res_len = res.text.len() as u32;
                 def.res_hash = fnv(&res.text);
             }
+            slot_flags.push(def.flags);
             if let Err(e) = self.maps.rules.set(slot as u32, &def, 0) {
                 error!("write ENF_RULES[{slot}]: {e}");
             }
@@ -555,6 +572,7 @@ impl State {
             };
             for (i, s) in v.iter().enumerate().take(enf::MAX_CANDS) {
                 cands.idx[i] = *s;
+                cands.flags |= u32::from(slot_flags.get(*s as usize).copied().unwrap_or(0));
             }
             if let Err(e) = self.maps.actions.insert(k, &cands, 0) {
                 error!("write ENF_ACTIONS: {e}");
@@ -576,28 +594,14 @@ impl State {
     /// identity resolver knows for matching principal ARNs (both given: keys in both).
     fn write_akids(&mut self) {
         let Some(c) = self.policy.clone() else { return };
-        let mut ak = BTreeSet::new();
+        let mut ak: BTreeMap<u64, RuleMask> = BTreeMap::new();
         for (slot, kr) in c.krules.iter().enumerate() {
             let r = &c.rules[kr.rule];
             for a in rule_keys(r, &self.principal_keys) {
-                let key = AkidKey {
-                    akid: fnv(&a),
-                    rule: slot as u32,
-                    _pad: 0,
-                };
-                if !self.written.akids.contains(&(key.akid, key.rule)) {
-                    let _ = self.maps.akids.insert(&key, &1, 0);
-                }
-                ak.insert((key.akid, key.rule));
+                ak.entry(fnv(&a)).or_default().set(slot as u32);
             }
         }
-        for (a, r) in self.written.akids.difference(&ak) {
-            let _ = self.maps.akids.remove(&AkidKey {
-                akid: *a,
-                rule: *r,
-                _pad: 0,
-            });
-        }
+        sync_masks(&mut self.maps.akids, &self.written.akids, &ak);
         self.written.akids = ak;
     }
 
@@ -626,9 +630,8 @@ impl State {
         } else {
             Vec::new()
         };
-        let mut wl = BTreeSet::new();
-        let mut scope_cg = BTreeSet::new();
-        let mut scope_pid = BTreeSet::new();
+        let mut scope_cg: BTreeMap<u64, RuleMask> = BTreeMap::new();
+        let mut scope_pid: BTreeMap<u32, RuleMask> = BTreeMap::new();
         let mut cache: HashMap<usize, (BTreeSet<u64>, BTreeSet<u32>)> = HashMap::new();
         for (slot, kr) in c.krules.iter().enumerate() {
             let r = &c.rules[kr.rule];
@@ -640,33 +643,18 @@ impl State {
                 .or_insert_with(|| resolve(&r.workload, &all, pods))
                 .clone();
             for cg in cgs {
-                wl.insert((cg, slot as u32, enf::WL_CGROUP));
-                scope_cg.insert(cg);
+                scope_cg.entry(cg).or_default().set(slot as u32);
             }
             for p in pids {
-                wl.insert((p as u64, slot as u32, enf::WL_TGID));
-                scope_pid.insert(p);
+                scope_pid.entry(p).or_default().set(slot as u32);
             }
         }
-        for &(id, rule, kind) in wl.difference(&self.written.wl) {
-            let _ = self.maps.wl.insert(&WlKey { id, rule, kind }, &1, 0);
-        }
-        for &cg in scope_cg.difference(&self.written.scope_cg) {
-            let _ = self.maps.scope_cg.insert(&cg, &1, 0);
-        }
-        for &p in scope_pid.difference(&self.written.scope_pid) {
-            let _ = self.maps.scope_pid.insert(&p, &1, 0);
-        }
-        for &(id, rule, kind) in self.written.wl.difference(&wl) {
-            let _ = self.maps.wl.remove(&WlKey { id, rule, kind });
-        }
-        for cg in self.written.scope_cg.difference(&scope_cg) {
-            let _ = self.maps.scope_cg.remove(cg);
-        }
-        for p in self.written.scope_pid.difference(&scope_pid) {
-            let _ = self.maps.scope_pid.remove(p);
-        }
-        self.written.wl = wl;
+        sync_masks(&mut self.maps.scope_cg, &self.written.scope_cg, &scope_cg);
+        sync_masks(
+            &mut self.maps.scope_pid,
+            &self.written.scope_pid,
+            &scope_pid,
+        );
         self.written.scope_cg = scope_cg;
         self.written.scope_pid = scope_pid;
         // Endpoints.

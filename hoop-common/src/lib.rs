@@ -194,9 +194,10 @@ pub mod enf {
     pub const EFFECT_APPROVE: u8 = 4;
 
     /// [`super::RuleDef::flags`].
-    /// The rule has workload selectors: (cgroup id | tgid, rule) must be in `ENF_WL`.
+    /// The rule has workload selectors: its bit must be set in the caller's cgroup or tgid mask
+    /// (`ENF_SCOPE_CG`, `ENF_SCOPE_PID`).
     pub const RF_WORKLOAD: u8 = 1;
-    /// The rule lists access keys: (key hash, rule) must be in `ENF_AKIDS`.
+    /// The rule lists access keys: its bit must be set in the signing key's mask (`ENF_AKIDS`).
     pub const RF_AKID: u8 = 2;
     /// `approve` with `hold: true`: SIGSTOP the caller instead of failing the call.
     pub const RF_HOLD: u8 = 4;
@@ -226,10 +227,6 @@ pub mod enf {
     pub const OUT_APPROVED: u8 = 6;
     /// Approval requested and the caller stopped (SIGSTOP) until a decision.
     pub const OUT_HELD: u8 = 7;
-
-    /// [`super::WlKey::kind`].
-    pub const WL_CGROUP: u32 = 0;
-    pub const WL_TGID: u32 = 1;
 
     /// Indexes of the `ENF_STATS` per-CPU array.
     pub const STAT_DECISIONS: u32 = 0;
@@ -339,27 +336,39 @@ pub struct RuleDef {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Cands {
     pub n: u32,
-    pub _pad: u32,
+    /// `enf::RF_*` of the candidates, or-ed: the kernel fetches the workload and access-key
+    /// masks only when some candidate needs them.
+    pub flags: u32,
     pub idx: [u16; enf::MAX_CANDS],
 }
 
-/// Workload membership of a rule: (cgroup id or tgid, rule index).
+/// A set of rule indexes (bit `i` = `ENF_RULES[i]`): the rules whose workload selectors
+/// include a cgroup or tgid, or whose access keys include a key. One lookup per request
+/// answers for every candidate rule, instead of one (id, rule) lookup per candidate.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct WlKey {
-    pub id: u64,
-    pub rule: u32,
-    /// `enf::WL_CGROUP` or `enf::WL_TGID`.
-    pub kind: u32,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleMask {
+    pub bits: [u64; enf::MAX_RULES as usize / 64],
 }
 
-/// Access-key membership of a rule.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct AkidKey {
-    pub akid: u64,
-    pub rule: u32,
-    pub _pad: u32,
+impl Default for RuleMask {
+    fn default() -> Self {
+        RuleMask {
+            bits: [0; enf::MAX_RULES as usize / 64],
+        }
+    }
+}
+
+impl RuleMask {
+    pub fn set(&mut self, rule: u32) {
+        let i = (rule & (enf::MAX_RULES - 1)) as usize;
+        self.bits[i / 64] |= 1 << (i % 64);
+    }
+
+    pub fn has(&self, rule: u32) -> bool {
+        let i = (rule & (enf::MAX_RULES - 1)) as usize;
+        self.bits[i / 64] >> (i % 64) & 1 != 0
+    }
 }
 
 /// A just-in-time approval grant (`ENF_GRANTS[key] = expiry, boot ns`).
@@ -437,10 +446,26 @@ mod user_enforce {
     unsafe impl aya::Pod for super::EnforceConfig {}
     unsafe impl aya::Pod for super::RuleDef {}
     unsafe impl aya::Pod for super::Cands {}
-    unsafe impl aya::Pod for super::WlKey {}
-    unsafe impl aya::Pod for super::AkidKey {}
+    unsafe impl aya::Pod for super::RuleMask {}
     unsafe impl aya::Pod for super::GrantKey {}
     unsafe impl aya::Pod for super::PendingReq {}
     unsafe impl aya::Pod for super::EndpointKey {}
     unsafe impl aya::Pod for super::EndpointVal {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{RuleMask, enf};
+
+    #[test]
+    fn rule_mask_holds_each_rule_index_on_its_own() {
+        let rules = [0, 1, 63, 64, 511, enf::MAX_RULES - 1];
+        let mut m = RuleMask::default();
+        for r in rules {
+            m.set(r);
+        }
+        for r in 0..enf::MAX_RULES {
+            assert_eq!(m.has(r), rules.contains(&r), "rule {r}");
+        }
+    }
 }

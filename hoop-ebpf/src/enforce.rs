@@ -35,8 +35,8 @@ use aya_ebpf::{
 };
 use hoop_common::DIR_WRITE;
 use hoop_common::{
-    AkidKey, Cands, DecisionEvent, EndpointKey, EndpointVal, EnforceConfig, GrantKey, PendingReq,
-    RuleDef, WlKey,
+    Cands, DecisionEvent, EndpointKey, EndpointVal, EnforceConfig, GrantKey, PendingReq, RuleDef,
+    RuleMask,
     enf::{self, FNV_OFFSET, SCAN_BYTES, fnv_byte},
 };
 
@@ -46,16 +46,15 @@ static ENF_CONFIG: Array<EnforceConfig> = Array::with_max_entries(1, 0);
 static ENF_ACTIONS: HashMap<u64, Cands> = HashMap::with_max_entries(65536, 0);
 #[map]
 static ENF_RULES: Array<RuleDef> = Array::with_max_entries(enf::MAX_RULES, 0);
+/// cgroup id -> the workload-scoped rules whose selectors include it.
 #[map]
-static ENF_WL: HashMap<WlKey, u8> = HashMap::with_max_entries(65536, 0);
-/// cgroup ids for which some workload-scoped rule exists.
+static ENF_SCOPE_CG: HashMap<u64, RuleMask> = HashMap::with_max_entries(65536, 0);
+/// tgid -> the workload-scoped rules whose selectors include it (exe / uid selectors).
 #[map]
-static ENF_SCOPE_CG: HashMap<u64, u8> = HashMap::with_max_entries(65536, 0);
-/// tgids for which some workload-scoped rule exists (exe / uid selectors).
+static ENF_SCOPE_PID: HashMap<u32, RuleMask> = HashMap::with_max_entries(65536, 0);
+/// access key hash -> the rules that list it (directly or through a principal).
 #[map]
-static ENF_SCOPE_PID: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
-#[map]
-static ENF_AKIDS: HashMap<AkidKey, u8> = HashMap::with_max_entries(16384, 0);
+static ENF_AKIDS: HashMap<u64, RuleMask> = HashMap::with_max_entries(16384, 0);
 #[map]
 static ENF_GRANTS: HashMap<GrantKey, u64> = HashMap::with_max_entries(4096, 0);
 #[map]
@@ -91,6 +90,9 @@ struct Scratch {
     who: Caller,
     cands: Cands,
     hit: u64,
+    /// Rules whose workload includes the caller / whose keys include the signing key.
+    wl: RuleMask,
+    ak: RuleMask,
 }
 
 #[map]
@@ -524,33 +526,12 @@ fn rule_matches(r: &RuleDef, ri: u32, req: &Req, who: &Caller) -> bool {
     if r.uid != u32::MAX && r.uid != who.uid {
         return false;
     }
-    if r.flags & enf::RF_WORKLOAD != 0 {
-        let k = WlKey {
-            id: who.cg,
-            rule: ri,
-            kind: enf::WL_CGROUP,
-        };
-        // SAFETY: read-only lookups.
-        if unsafe { ENF_WL.get(&k) }.is_none() {
-            let k = WlKey {
-                id: who.id >> 32,
-                rule: ri,
-                kind: enf::WL_TGID,
-            };
-            if unsafe { ENF_WL.get(&k) }.is_none() {
-                return false;
-            }
-        }
+    let Some(s) = scratch() else { return false };
+    if r.flags & enf::RF_WORKLOAD != 0 && !s.wl.has(ri) {
+        return false;
     }
-    if r.flags & enf::RF_AKID != 0 {
-        let k = AkidKey {
-            akid: req.akid,
-            rule: ri,
-            _pad: 0,
-        };
-        if unsafe { ENF_AKIDS.get(&k) }.is_none() {
-            return false;
-        }
+    if r.flags & enf::RF_AKID != 0 && !s.ak.has(ri) {
+        return false;
     }
     if r.flags & enf::RF_OBJECT != 0 && req.depth < 2 {
         return false;
@@ -569,7 +550,6 @@ fn rule_matches(r: &RuleDef, ri: u32, req: &Req, who: &Caller) -> bool {
         if req.res_len < l || l > 63 {
             return false;
         }
-        let Some(s) = scratch() else { return false };
         if s.pfx[(l & 127) as usize] != r.res_hash {
             return false;
         }
@@ -671,6 +651,27 @@ fn decide(ctx: &ProbeContext, cfg: &EnforceConfig, req: &Req, who: &Caller) {
     s.req = *req;
     s.who = *who;
     s.hit = u64::MAX;
+    // One lookup per mask for all candidates (the maps are only read when a candidate needs
+    // them: each cold hash lookup costs hundreds of ns under a real workload).
+    if s.cands.flags & enf::RF_WORKLOAD as u32 != 0 {
+        // SAFETY: values copied out.
+        s.wl = unsafe { ENF_SCOPE_CG.get(&who.cg) }
+            .copied()
+            .unwrap_or_default();
+        if let Some(p) = unsafe { ENF_SCOPE_PID.get(&((who.id >> 32) as u32)) } {
+            let mut i = 0;
+            while i < s.wl.bits.len() {
+                s.wl.bits[i] |= p.bits[i];
+                i += 1;
+            }
+        }
+    }
+    if s.cands.flags & enf::RF_AKID as u32 != 0 {
+        // SAFETY: value copied out.
+        s.ak = unsafe { ENF_AKIDS.get(&req.akid) }
+            .copied()
+            .unwrap_or_default();
+    }
     let mut dummy = 0u64;
     // SAFETY: bounded helper loop.
     unsafe {
