@@ -82,6 +82,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
     probes.load_uprobes()?;
     probes.attach_process_tracepoints()?;
+    if let Err(e) = probes.attach_plain_http() {
+        // Without it only keys learned over TLS (STS) and from the config are named.
+        warn!("credential endpoint capture (IMDS, container credentials) not attached: {e:#}");
+    }
     let tls_ring = probes.take_ring("TLS_EVENTS")?;
     let proc_ring = probes.take_ring("PROC_EVENTS")?;
     let counters = probes.take_counters()?;
@@ -156,6 +160,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         enforcer,
         events,
         muted,
+        instance_doc: Some(spawn_instance_identity_fetch()?),
     };
 
     if let Some(e) = ev.enforcer.as_mut() {
@@ -272,6 +277,8 @@ struct EventLoop {
     events: tokio::sync::broadcast::Sender<std::sync::Arc<str>>,
     /// Server-side connections the kernel stops copying.
     muted: aya::maps::HashMap<MapData, hoop_common::ConnId, u8>,
+    /// The node's instance identity document, fetched once in the background.
+    instance_doc: Option<mpsc::Receiver<Vec<u8>>>,
 }
 
 impl EventLoop {
@@ -321,6 +328,19 @@ impl EventLoop {
     }
 
     fn tick(&mut self) {
+        if let Some(rx) = &self.instance_doc {
+            match rx.try_recv() {
+                Ok(doc) => {
+                    let p = self.identity.principals();
+                    p.learn_imds(hoop_identity::imds::DOCUMENT_PATH, &doc);
+                    let id = p.instance_identity();
+                    info!(account = ?id.account_id, instance = ?id.instance_id, region = ?id.region, "instance identity");
+                    self.instance_doc = None;
+                }
+                Err(mpsc::TryRecvError::Disconnected) => self.instance_doc = None,
+                Err(mpsc::TryRecvError::Empty) => {}
+            }
+        }
         let now = self.clock.boot_now();
         let mut due = Vec::new();
         self.exits.retain(|&(t, pid)| {
@@ -423,6 +443,33 @@ impl EventLoop {
         sink.write_line(&line)
     }
 
+    /// A plain-HTTP credential endpoint exchange (instance metadata, container credentials):
+    /// not an AWS call, but it says which principal the keys it handed out belong to.
+    fn learn_plain(&self, ex: &Exchange) {
+        let Some(resp) = ex.response.as_ref() else {
+            return;
+        };
+        let learned = self.identity.principals().learn_from_exchange(
+            &hoop_identity::principal::HttpExchange {
+                host: ex.request.head.header_str("host"),
+                method: &ex.request.head.method,
+                target: &ex.request.head.target,
+                signing_access_key_id: None,
+                status: resp.head.status,
+                response_body: &resp.body,
+            },
+        );
+        if let Some(l) = learned {
+            info!(
+                access_key_id = %l.access_key_id,
+                principal = l.arn.as_deref().unwrap_or("(account only)"),
+                source = l.source.as_str(),
+                cgroup = ex.origin.cgroup_id,
+                "credentials handed out by a plain-HTTP endpoint"
+            );
+        }
+    }
+
     /// Fills process, workload and principal. Credential responses (STS, IMDS, container
     /// endpoints) teach the principal map first, so the call that revealed a principal is
     /// attributed to it too.
@@ -465,6 +512,10 @@ impl EventLoop {
             e.poll();
         }
         for ex in std::mem::take(&mut self.exchanges) {
+            if ex.source == hoop_common::SRC_PLAIN {
+                self.learn_plain(&ex);
+                continue;
+            }
             let principals = self.identity.principals();
             let Some(mut rec) = record::build(&ex, &self.clock, &|akid: &str| {
                 principals.lookup(akid).and_then(|p| p.account_id.clone())
@@ -518,6 +569,29 @@ impl EventLoop {
         }
         sink.flush()
     }
+}
+
+/// Fetches the node's instance identity document off the event loop (off EC2 this fails
+/// within the timeout and the channel closes).
+fn spawn_instance_identity_fetch() -> Result<mpsc::Receiver<Vec<u8>>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("hoop-imds".into())
+        .spawn(move || {
+            match hoop_identity::imds::fetch_identity_document(
+                hoop_identity::imds::IMDS_BASE,
+                Duration::from_secs(2),
+            ) {
+                Ok(doc) => {
+                    let _ = tx.send(doc);
+                }
+                Err(e) => {
+                    tracing::debug!("no instance metadata ({e}): not on EC2, or IMDS is blocked")
+                }
+            }
+        })
+        .context("spawn instance identity fetch")?;
+    Ok(rx)
 }
 
 /// Where records go.

@@ -7,17 +7,28 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{
-        TracePoint, UProbe,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeScope},
     },
 };
-use hoop_common::{ConnId, TracepointOffsets, counter};
+use hoop_common::{ConnId, PlainEndpoint, TracepointOffsets, counter};
 use std::collections::HashSet;
 use std::path::Path;
 use tracing::{debug, info, warn};
 
 /// The eBPF object built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hoop"));
+
+/// Plain-HTTP endpoints that hand out AWS credentials (address, TCP port): the instance
+/// metadata service (IPv4 and IPv6), the ECS task-role endpoint, EKS Pod Identity (IPv4 and
+/// IPv6). Their addresses are fixed by AWS.
+const PLAIN_CREDENTIAL_ENDPOINTS: [(&str, u16); 5] = [
+    ("169.254.169.254", 80),
+    ("fd00:ec2::254", 80),
+    ("169.254.170.2", 80),
+    ("169.254.170.23", 80),
+    ("fd00:ec2::23", 80),
+];
 
 /// Loaded programs and the files they are attached to.
 pub struct Probes {
@@ -196,6 +207,48 @@ impl Probes {
             p.load().with_context(|| format!("load {name}"))?;
             p.attach("sched", name)
                 .with_context(|| format!("attach tracepoint sched/{name}"))?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the `cgroup_skb` programs that copy plain-HTTP traffic to the credential
+    /// endpoints (instance metadata, ECS and EKS Pod Identity credentials) on the cgroup2 root.
+    pub fn attach_plain_http(&mut self) -> Result<()> {
+        let mut eps: aya::maps::HashMap<_, PlainEndpoint, u8> = aya::maps::HashMap::try_from(
+            self.ebpf
+                .map_mut("PLAIN_ENDPOINTS")
+                .ok_or_else(|| anyhow!("PLAIN_ENDPOINTS map missing"))?,
+        )?;
+        for (ip, port) in PLAIN_CREDENTIAL_ENDPOINTS {
+            let ip: std::net::IpAddr = ip.parse()?;
+            let addr = match ip {
+                std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+                std::net::IpAddr::V6(v6) => v6.octets(),
+            };
+            let key = PlainEndpoint {
+                addr,
+                port,
+                _pad: [0; 6],
+            };
+            eps.insert(&key, &1, 0)?;
+        }
+        let root = crate::enforce::cgroup2_mount()?;
+        let cg = std::fs::File::open(&root)
+            .with_context(|| format!("open cgroup2 root {}", root.display()))?;
+        for (name, kind) in [
+            ("plain_http_egress", CgroupSkbAttachType::Egress),
+            ("plain_http_ingress", CgroupSkbAttachType::Ingress),
+        ] {
+            let p: &mut CgroupSkb = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing"))?
+                .try_into()?;
+            p.load().with_context(|| format!("load {name}"))?;
+            // A bpf_link (aya uses one on >= 5.7) always sits beside other programs on the
+            // cgroup; the kernel refuses attach flags on links, so the mode must be Single.
+            p.attach(&cg, kind, CgroupAttachMode::Single)
+                .with_context(|| format!("attach {name} to {}", root.display()))?;
         }
         Ok(())
     }

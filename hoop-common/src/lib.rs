@@ -149,6 +149,19 @@ pub fn c_str_bytes(b: &[u8]) -> &[u8] {
 
 /// Record produced by the Go `crypto/tls` probes (`conn` is the `*tls.Conn`).
 pub const SRC_GO: u8 = 1;
+/// Record produced by the `cgroup_skb` programs from plain-HTTP TCP payload to a credential
+/// endpoint (`conn` is the socket cookie; `tgid`/`tid` are 0: packets have no process).
+pub const SRC_PLAIN: u8 = 2;
+
+/// A plain-HTTP credential endpoint the `cgroup_skb` programs copy (`PLAIN_ENDPOINTS`):
+/// IPv6 or v4-mapped address and TCP port (host order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PlainEndpoint {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
 
 // ---------------------------------------------------------------------------------------------
 // Enforcement (issue 6): compiled policy in kernel maps, decisions back to user space.
@@ -447,6 +460,7 @@ mod user_enforce {
     unsafe impl aya::Pod for super::RuleDef {}
     unsafe impl aya::Pod for super::Cands {}
     unsafe impl aya::Pod for super::RuleMask {}
+    unsafe impl aya::Pod for super::PlainEndpoint {}
     unsafe impl aya::Pod for super::GrantKey {}
     unsafe impl aya::Pod for super::PendingReq {}
     unsafe impl aya::Pod for super::EndpointKey {}

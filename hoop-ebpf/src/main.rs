@@ -3,6 +3,8 @@
 //! - `ssl_*` uprobes/uretprobes on OpenSSL's `SSL_write`, `SSL_write_ex`, `SSL_read`,
 //!   `SSL_read_ex`: the entry probe remembers the arguments per thread, the return probe copies
 //!   the plaintext that the call actually moved (positive result only) into `TLS_EVENTS`.
+//! - `plain_http_*` cgroup_skb programs copy plain-HTTP credential endpoint traffic (IMDS,
+//!   container credentials) into the same ring, see `plain_http.rs`.
 //! - `sched_process_exec` / `sched_process_exit` tracepoints feed the agent's process cache and
 //!   its discovery of new TLS libraries.
 //!
@@ -13,6 +15,7 @@
 
 mod enforce;
 mod go_tls;
+mod plain_http;
 
 use aya_ebpf::{
     EbpfContext,
@@ -34,7 +37,7 @@ use hoop_common::{
 
 /// Plaintext records. The agent may resize it at load time (`--ring-buffer-bytes`).
 #[map]
-static TLS_EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+pub(crate) static TLS_EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 
 /// Process exec/exit events.
 #[map]
@@ -78,7 +81,7 @@ static WRITE_ARGS: HashMap<u64, CallArgs> = HashMap::with_max_entries(16384, 0);
 static READ_ARGS: HashMap<u64, CallArgs> = HashMap::with_max_entries(16384, 0);
 
 #[inline(always)]
-fn count(index: u32, n: u64) {
+pub(crate) fn count(index: u32, n: u64) {
     if let Some(c) = COUNTERS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU while we run.
         unsafe { *c += n };

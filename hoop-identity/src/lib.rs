@@ -9,6 +9,7 @@
 //! - [`Resolver`]: the facade the agent calls per event.
 
 pub mod cgroup;
+pub mod imds;
 pub mod k8s;
 pub mod principal;
 pub mod process;

@@ -151,6 +151,15 @@ fn assumed_role_keys_are_attributed_to_the_role_and_never_stored() -> anyhow::Re
     let (ok, all, err) = agent.cli(&["query", "--format", "jsonl"])?;
     assert!(ok, "query on the stopped agent's data dir: {err}");
     assert!(all.contains(&temp_akid), "query output holds the records");
+    let log = agent
+        .stderr
+        .lock()
+        .map(|l| l.join("\n"))
+        .unwrap_or_default();
+    assert!(
+        log.contains("hoop-agent ready"),
+        "the check can see the log"
+    );
     for (name, secret) in [
         ("STS SecretAccessKey", temp_secret.as_str()),
         ("STS SessionToken", token.as_str()),
@@ -167,6 +176,7 @@ fn assumed_role_keys_are_attributed_to_the_role_and_never_stored() -> anyhow::Re
             "{name} in the output file"
         );
         assert!(!all.contains(probe), "{name} in query output");
+        assert!(!log.contains(probe), "{name} in the agent's log");
     }
     Ok(())
 }
@@ -283,7 +293,7 @@ fn process_in_a_container_cgroup_gets_its_container_id() -> anyhow::Result<()> {
     std::fs::create_dir(&docker.0)?;
     let pod_uid = "0d1f6c2e-7a4b-4c1e-9f00-5e6e2b1a9c33";
     let pod_slice = Cgroup(mount.join(format!(
-        "hoop-e2e-kubepods-besteffort-pod{}.slice",
+        "kubepods-besteffort-pod{}.slice",
         pod_uid.replace('-', "_")
     )));
     std::fs::create_dir(&pod_slice.0)?;
@@ -317,12 +327,9 @@ fn process_in_a_container_cgroup_gets_its_container_id() -> anyhow::Result<()> {
         );
         found.push(r.clone());
     }
-    // The pod-scoped one is not a host process either; when the agent derives the pod UID
-    // from the slice, it is the right one.
+    // The kubelet's systemd-driver slice names the pod: its UID comes with the container.
     let w = &found[1]["workload"];
-    if let Some(u) = w["pod_uid"].as_str() {
-        assert_eq!(u, pod_uid);
-    }
+    assert_eq!(w["pod_uid"], pod_uid, "pod UID from the slice: {w}");
     // The store's workload filter finds the container by its short id.
     let short = &docker_id[..12];
     let (ok, q, err) = agent.cli(&[
@@ -339,5 +346,187 @@ fn process_in_a_container_cgroup_gets_its_container_id() -> anyhow::Result<()> {
     drop(cri);
     drop(pod_slice);
     drop(docker);
+    Ok(())
+}
+
+/// The link-local credential endpoints' addresses on `lo` for the length of a test.
+struct LinkLocal(Vec<(&'static str, &'static str)>);
+
+impl LinkLocal {
+    fn add() -> anyhow::Result<Self> {
+        let mut added = LinkLocal(Vec::new());
+        for (fam, cidr) in [
+            ("-4", "169.254.169.254/32"),
+            ("-4", "169.254.170.2/32"),
+            ("-4", "169.254.170.23/32"),
+            ("-6", "fd00:ec2::254/128"),
+        ] {
+            let mut cmd = Command::new("ip");
+            cmd.args([fam, "addr", "add", cidr, "dev", "lo"]);
+            if fam == "-6" {
+                cmd.arg("nodad");
+            }
+            let out = cmd.output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "ip addr add {cidr}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            added.0.push((fam, cidr));
+        }
+        Ok(added)
+    }
+}
+
+impl Drop for LinkLocal {
+    fn drop(&mut self) {
+        for (fam, cidr) in &self.0 {
+            let _ = Command::new("ip")
+                .args([fam, "addr", "del", cidr, "dev", "lo"])
+                .status();
+        }
+    }
+}
+
+const LIST_BUCKETS_SCRIPT: &str = "import boto3, os\n\
+    s = boto3.session.Session()\n\
+    c = s.get_credentials()\n\
+    assert c is not None, 'no credentials from the endpoint'\n\
+    print(s.get_credentials().method)\n\
+    boto3.client('s3', endpoint_url=os.environ['HOOP_ENDPOINT']).list_buckets()\n";
+
+/// Keys handed out by the instance metadata service (IPv4 and IPv6), the ECS task-role
+/// endpoint and EKS Pod Identity travel as plain HTTP: the agent's cgroup_skb programs see
+/// them, so calls signed with those keys name the role (or the account) that owns them,
+/// while the secrets in the same responses are never kept.
+#[test]
+fn credential_endpoint_keys_are_attributed_to_their_principals() -> anyhow::Result<()> {
+    let _ll = LinkLocal::add()?;
+    let id = std::process::id();
+    let n = |tag: &str| format!("{tag}{:016X}", (id as u64) * 2_654_435_761 % (1 << 60));
+    let spec = serde_json::json!({
+        "role": format!("hoop-node-role-{id}"),
+        "account": "210987654321",
+        "instance": format!("i-0{:016x}", id),
+        "ecs_path": format!("/v2/credentials/hoop-{id}"),
+        "ecs_role_arn": format!("arn:aws:iam::210987654321:role/hoop-task-{id}"),
+        "pod_token": format!("pod-identity-token-{id}"),
+        "imds": {"key": n("ASIAIMDS"), "secret": format!("imdsSECRET{id}xxxxxxxxxxxxxxxxxxxx"), "token": format!("IQoJimdsTOKEN{id}")},
+        "imds6": {"key": n("ASIAIMD6"), "secret": format!("imd6SECRET{id}xxxxxxxxxxxxxxxxxxxx"), "token": format!("IQoJimd6TOKEN{id}")},
+        "ecs": {"key": n("ASIAECSS"), "secret": format!("ecssSECRET{id}xxxxxxxxxxxxxxxxxxxx"), "token": format!("IQoJecssTOKEN{id}")},
+        "pod": {"key": n("ASIAPODI"), "secret": format!("podiSECRET{id}xxxxxxxxxxxxxxxxxxxx"), "token": format!("IQoJpodiTOKEN{id}")},
+    });
+    let mut server = Command::new(repo_root().join(".venv/bin/python"))
+        .arg(client_script("credential_endpoints.py"))
+        .arg(spec.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().expect("piped stdout")),
+        &mut line,
+    )?;
+    let _server = Guard(server);
+    anyhow::ensure!(line.trim() == "ready", "endpoint server: {line:?}");
+
+    let emu = Emulator::start()?;
+    let mut agent = Agent::start(&[])?;
+    // The agent reads the node's identity document at start-up (account, instance id).
+    agent.wait_log("instance identity", WAIT)?;
+
+    let role = s(&spec, "role");
+    let imds_arn = format!(
+        "arn:aws:sts::210987654321:assumed-role/{role}/{}",
+        s(&spec, "instance")
+    );
+    // (endpoint, client environment, boto3's provider, expected ARN, expected source)
+    type Case<'a> = (
+        &'a str,
+        &'a [(&'a str, &'a str)],
+        &'a str,
+        Option<&'a str>,
+        &'a str,
+    );
+    let cases: [Case; 4] = [
+        ("imds", &[], "iam-role", Some(&imds_arn), "imds"),
+        (
+            "imds6",
+            &[("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE", "IPv6")],
+            "iam-role",
+            Some(&imds_arn),
+            "imds",
+        ),
+        (
+            "ecs",
+            &[(
+                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                spec["ecs_path"].as_str().unwrap_or_default(),
+            )],
+            "container-role",
+            spec["ecs_role_arn"].as_str(),
+            "container-credentials",
+        ),
+        (
+            "pod",
+            &[
+                (
+                    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                    "http://169.254.170.23/v1/credentials",
+                ),
+                (
+                    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+                    spec["pod_token"].as_str().unwrap_or_default(),
+                ),
+            ],
+            "container-role",
+            None,
+            "container-credentials",
+        ),
+    ];
+    for (which, env, method, arn, source) in cases {
+        let mut cmd = python();
+        cmd.arg("-c").arg(LIST_BUCKETS_SCRIPT);
+        emu.client_env(&mut cmd);
+        cmd.env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_EC2_METADATA_DISABLED");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let (pid, out) = run_client(cmd)?;
+        assert_eq!(out.trim(), method, "{which}: boto3's credential provider");
+        let key = s(&spec[which], "key");
+        let recs = agent.wait_records(pid, WAIT, |r| !r.is_empty());
+        assert_eq!(recs.len(), 1, "{which}: {recs:?}");
+        let i = &recs[0]["identity"];
+        assert_eq!(i["access_key_id"], key, "{which}: {i}");
+        match arn {
+            Some(a) => assert_eq!(i["principal_arn"], a, "{which}: {i}"),
+            None => assert!(i["principal_arn"].is_null(), "{which}: {i}"),
+        }
+        assert_eq!(i["account_id"], "210987654321", "{which}: {i}");
+        assert_eq!(i["source"], source, "{which}: {i}");
+        assert!(i["expires"].is_string(), "{which}: expiry kept: {i}");
+    }
+    agent.stop()?;
+    // The responses carried secret keys and session tokens: none reached the agent's disk
+    // or its log.
+    let mut stored = stored_bytes(&agent.data_dir);
+    stored.extend(std::fs::read(&agent.output)?);
+    let log = agent
+        .stderr
+        .lock()
+        .map(|l| l.join("\n"))
+        .unwrap_or_default();
+    for which in ["imds", "imds6", "ecs", "pod"] {
+        for field in ["secret", "token"] {
+            let v = s(&spec[which], field);
+            assert!(
+                find_bytes(&stored, v.as_bytes()).is_none(),
+                "{which} {field} stored"
+            );
+            assert!(!log.contains(v), "{which} {field} in the agent log");
+        }
+    }
     Ok(())
 }
