@@ -530,3 +530,63 @@ fn credential_endpoint_keys_are_attributed_to_their_principals() -> anyhow::Resu
     }
     Ok(())
 }
+
+/// A configured selector marks the root of an agent session: a call made by a child of a
+/// shell whose command line matches names that shell as its session root, and its parent
+/// chain leads to it.
+#[test]
+fn configured_session_root_and_parent_chain_are_recorded() -> anyhow::Result<()> {
+    let emu = Emulator::start()?;
+    let dir = TempDir::new("session")?;
+    let marker = format!("hoop-agent-session-{}", std::process::id());
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(
+        &cfg,
+        format!("session:\n  selectors:\n    - {{ comm: \"sh\", cmdline: \"{marker}\" }}\n"),
+    )?;
+    let agent = Agent::start(&["--config", cfg.to_str().unwrap_or_default()])?;
+    // sh forks python (the trailing command keeps it from exec-ing in place), and prints
+    // its own pid first.
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("echo $$; \"$1\" -c \"$2\"; true")
+        .arg(&marker)
+        .arg(repo_root().join(".venv/bin/python"))
+        .arg(CALLER_SCRIPT);
+    emu.client_env(&mut cmd);
+    let (sh_pid, out) = run_client(cmd)?;
+    let mut lines = out.lines();
+    assert_eq!(
+        lines.next().map(str::trim),
+        Some(sh_pid.to_string().as_str())
+    );
+    let info: Value = serde_json::from_str(lines.next().unwrap_or_default())?;
+    let py_pid = info["pid"].as_u64().unwrap_or_default() as u32;
+    assert_ne!(py_pid, sh_pid, "python ran as a child of sh");
+    let recs = agent.wait_records(py_pid, WAIT, |r| !r.is_empty());
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    let p = &recs[0]["process"];
+    assert_eq!(p["ppid"], sh_pid, "parent: {p}");
+    assert_eq!(p["session"]["pid"], sh_pid, "session root: {p}");
+    assert_eq!(p["session"]["comm"], "sh", "session root: {p}");
+    let chain: Vec<u64> = p["ancestors"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|x| x["pid"].as_u64()).collect())
+        .unwrap_or_default();
+    assert_eq!(chain.first(), Some(&(sh_pid as u64)), "parent chain: {p}");
+    assert_eq!(
+        chain.get(1),
+        Some(&(std::process::id() as u64)),
+        "the test started sh: {p}"
+    );
+    // Without a matching root, nothing is marked.
+    let (pid, _) = run_client({
+        let mut c = python();
+        c.arg("-c").arg(CALLER_SCRIPT);
+        emu.client_env(&mut c);
+        c
+    })?;
+    let recs = agent.wait_records(pid, WAIT, |r| !r.is_empty());
+    assert!(recs[0]["process"]["session"].is_null(), "{}", recs[0]);
+    Ok(())
+}
