@@ -637,9 +637,18 @@ impl PodWatcher {
     /// Starts the watcher when enabled (in a cluster, or `api_url` configured); `Ok(None)`
     /// when there is no cluster.
     pub fn start(cfg: &K8sConfig) -> Result<Option<PodWatcher>, K8sError> {
+        Self::start_with_env(cfg, &|k| std::env::var(k).ok())
+    }
+
+    /// [`PodWatcher::start`] with the process environment given (the in-cluster service
+    /// variables the kubelet sets in every container).
+    pub fn start_with_env(
+        cfg: &K8sConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<PodWatcher>, K8sError> {
         let env_base = || {
-            let host = std::env::var("KUBERNETES_SERVICE_HOST").ok()?;
-            let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
+            let host = env("KUBERNETES_SERVICE_HOST")?;
+            let port = env("KUBERNETES_SERVICE_PORT").unwrap_or_else(|| "443".into());
             let host = if host.contains(':') {
                 format!("[{host}]")
             } else {

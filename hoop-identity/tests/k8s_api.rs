@@ -323,6 +323,48 @@ fn list_watch_410_relist_over_tls() {
     );
 }
 
+/// In a pod: no `api_url`, no `enabled`; the kubelet's service variables name the API
+/// server, and the service-account token and CA are read from their files.
+#[test]
+fn in_cluster_environment_finds_the_api_server() {
+    let server = serve(Script::Normal);
+    let mut cfg = config_for(&server, "in-cluster");
+    cfg.enabled = None;
+    cfg.api_url = None;
+    let default = K8sConfig::default();
+    assert_eq!(
+        default.token_path,
+        PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    );
+    assert_eq!(
+        default.ca_path,
+        PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
+    );
+    // Outside a cluster nothing starts.
+    assert!(
+        PodWatcher::start_with_env(&cfg, &|_| None)
+            .expect("no cluster")
+            .is_none()
+    );
+    let port = server.port.to_string();
+    let env = move |k: &str| match k {
+        "KUBERNETES_SERVICE_HOST" => Some("127.0.0.1".to_string()),
+        "KUBERNETES_SERVICE_PORT" => Some(port.clone()),
+        _ => None,
+    };
+    let w = PodWatcher::start_with_env(&cfg, &env)
+        .expect("start")
+        .expect("in a cluster");
+    let pods = w.cache();
+    wait_for("pods of this node", || pods.by_uid(POD_A).is_some());
+    let reqs = server.requests.lock().expect("lock").clone();
+    assert!(
+        reqs.iter()
+            .all(|(_, a)| a.as_deref() == Some(&format!("Bearer {TOKEN}") as &str)),
+        "{reqs:?}"
+    );
+}
+
 #[test]
 fn forbidden_backs_off_and_wrong_ca_fails_closed() {
     let server = serve(Script::Forbidden);
