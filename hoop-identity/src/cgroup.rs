@@ -152,6 +152,21 @@ pub fn unified_path(proc_cgroup: &str) -> Option<&str> {
         .map(str::trim_end)
 }
 
+/// The path that names the process's workload in a `/proc/PID/cgroup` file: the cgroup v2
+/// line; on a cgroup-v1-only host (no `0::` line), the first v1 hierarchy that places the
+/// process in a container (`12:memory:/docker/<id>`). Hybrid hosts keep the v2 line: their
+/// v1 hierarchies may be arranged by something else than the container runtime.
+pub fn workload_path(proc_cgroup: &str) -> Option<&str> {
+    if let Some(v2) = unified_path(proc_cgroup) {
+        return Some(v2);
+    }
+    proc_cgroup
+        .lines()
+        .filter_map(|l| l.splitn(3, ':').nth(2))
+        .map(str::trim_end)
+        .find(|p| parse_cgroup_path(p).container_id.is_some())
+}
+
 /// Undo the octal escapes (`\040` for space...) of /proc/self/mountinfo fields.
 fn unescape_mountinfo(s: &str) -> String {
     let b = s.as_bytes();
@@ -503,6 +518,31 @@ mod tests {
         let text = "12:pids:/\n1:name=systemd:/x\n0::/system.slice/docker-abc.scope\n";
         assert_eq!(unified_path(text), Some("/system.slice/docker-abc.scope"));
         assert_eq!(unified_path("1:cpu:/\n"), None);
+    }
+
+    #[test]
+    fn v1_only_hosts_name_the_container_from_a_v1_hierarchy() {
+        let id = "3f4e0bd3c2a1f6e5d4c3b2a1f0e9d8c7b6a5f4e3d2c1b0a9f8e7d6c5b4a3f2e1";
+        let v1 =
+            format!("12:memory:/docker/{id}\n11:pids:/docker/{id}\n1:name=systemd:/docker/{id}\n");
+        let p = workload_path(&v1).expect("a v1 path");
+        assert_eq!(parse_cgroup_path(p).container_id.as_deref(), Some(id));
+        // Hybrid hosts: the v2 line wins when it places the process.
+        let hybrid = format!("{v1}0::/system.slice/docker-{id}.scope\n");
+        assert_eq!(
+            workload_path(&hybrid),
+            Some(format!("/system.slice/docker-{id}.scope").as_str())
+        );
+        // Host processes keep their v2 path, also when a v1 hierarchy looks like a container.
+        assert_eq!(
+            workload_path("1:cpu:/\n0::/user.slice\n"),
+            Some("/user.slice")
+        );
+        assert_eq!(
+            workload_path(&format!("4:memory:/docker/{id}\n0::/\n")),
+            Some("/")
+        );
+        assert_eq!(workload_path("1:cpu:/\n"), None);
     }
 
     #[test]

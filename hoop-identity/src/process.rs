@@ -459,7 +459,7 @@ impl ProcessCache {
             .filter(|c| !c.is_empty());
         let cgroup = fs::read_to_string(dir.join("cgroup"))
             .ok()
-            .and_then(|t| cgroup::unified_path(&t).map(str::to_string));
+            .and_then(|t| cgroup::workload_path(&t).map(str::to_string));
         let irsa = if self.cfg.read_irsa_env {
             read_irsa_env(&dir.join("environ"))
         } else {
