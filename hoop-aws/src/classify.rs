@@ -218,17 +218,7 @@ fn find<'r>(
         .and_then(action_version)
         .or_else(|| action_version(query));
     let qpairs: Vec<(&str, &str)> = params::pairs(query).collect();
-    let trailing_slash = path.len() > 1 && path.ends_with('/');
-
     let mut best: Option<(i32, u8, Hit<'r>)> = None;
-    let mut consider = |score: i32, pref: u8, hit: Hit<'r>| {
-        if best
-            .as_ref()
-            .is_none_or(|(bs, bp, _)| score > *bs || (score == *bs && pref > *bp))
-        {
-            best = Some((score, pref, hit));
-        }
-    };
     for &i in cands.iter() {
         let Some(svc) = m.services.get(i) else {
             continue;
@@ -246,6 +236,7 @@ fn find<'r>(
                 };
             let protocol = if svc.speaks("ec2") { "ec2" } else { "query" };
             consider(
+                &mut best,
                 score,
                 pref,
                 Hit {
@@ -257,51 +248,104 @@ fn find<'r>(
             );
             continue;
         }
-        if svc.is_rest()
-            && let Some(routes) = svc.routes.get(req.method)
-        {
-            // S3 virtual-hosted style: the bucket is the first path label.
-            let vpath: Cow<'r, str> = match (&hinfo.bucket, &hinfo.access_point) {
-                (Some(b), _) if svc.name == "s3" => Cow::Owned(format!("/{b}{path}")),
-                (_, Some((ap, _))) if svc.name == "s3" => Cow::Owned(format!("/{ap}{path}")),
-                _ => Cow::Borrowed(path),
-            };
-            let owned_segs;
-            let segs_ref = match &vpath {
-                Cow::Owned(p) => {
-                    owned_segs = segments(p);
-                    &owned_segs
-                }
-                Cow::Borrowed(_) => &segs,
-            };
-            let mut route_best: Option<(i32, &'static Route)> = None;
-            for r in routes {
-                if let Some(s) = match_route(svc, r, segs_ref, &qpairs, req, trailing_slash)
-                    && route_best.is_none_or(|(bs, _)| s > bs)
-                {
-                    route_best = Some((s, r));
-                }
-            }
-            if let Some((score, r)) = route_best {
-                let protocol = static_protocol(if svc.speaks("rest-xml") {
-                    "rest-xml"
-                } else {
-                    "rest-json"
-                });
-                consider(
-                    score,
-                    pref,
-                    Hit {
-                        svc: i,
-                        op: r.op,
-                        protocol,
-                        route: Some((r, vpath)),
-                    },
-                );
+        if let Some((score, hit)) = rest_hit(svc, i, req, path, &segs, &qpairs, hinfo) {
+            consider(&mut best, score, pref, hit);
+        }
+    }
+    // An endpoint URL may carry a base path that the SDK puts before the operation's URI
+    // (the API Gateway Management API's endpoint is the API's stage URL, `/{stage}`): when
+    // nothing matched the whole path, the operation's URI may follow one or two leading
+    // segments.
+    let mut base = path;
+    for _ in 0..MAX_BASE_SEGMENTS {
+        if best.is_some() {
+            break;
+        }
+        let Some(rest) = base
+            .get(1..)
+            .and_then(|p| p.find('/'))
+            .map(|i| &base[i + 1..])
+        else {
+            break;
+        };
+        base = rest;
+        let segs = segments(base);
+        for &i in cands.iter() {
+            if let Some(svc) = m.services.get(i)
+                && let Some((score, hit)) = rest_hit(svc, i, req, base, &segs, &qpairs, hinfo)
+            {
+                consider(&mut best, score, preference(m, i, signing, hinfo), hit);
             }
         }
     }
     best.map(|(_, _, h)| h)
+}
+
+/// Keeps the better of two hits: higher score, then stronger preference.
+fn consider<'r>(best: &mut Option<(i32, u8, Hit<'r>)>, score: i32, pref: u8, hit: Hit<'r>) {
+    if best
+        .as_ref()
+        .is_none_or(|(bs, bp, _)| score > *bs || (score == *bs && pref > *bp))
+    {
+        *best = Some((score, pref, hit));
+    }
+}
+
+/// Leading path segments an endpoint's base path may add before an operation's URI.
+const MAX_BASE_SEGMENTS: usize = 2;
+
+/// The best route of a REST service for `path` (with its segments `segs`): its score and hit.
+fn rest_hit<'r>(
+    svc: &'static Service,
+    i: usize,
+    req: &HttpRequest<'r>,
+    path: &'r str,
+    segs: &[&str],
+    qpairs: &[(&str, &str)],
+    hinfo: &HostInfo,
+) -> Option<(i32, Hit<'r>)> {
+    if !svc.is_rest() {
+        return None;
+    }
+    let routes = svc.routes.get(req.method)?;
+    let trailing_slash = path.len() > 1 && path.ends_with('/');
+    // S3 virtual-hosted style: the bucket is the first path label.
+    let vpath: Cow<'r, str> = match (&hinfo.bucket, &hinfo.access_point) {
+        (Some(b), _) if svc.name == "s3" => Cow::Owned(format!("/{b}{path}")),
+        (_, Some((ap, _))) if svc.name == "s3" => Cow::Owned(format!("/{ap}{path}")),
+        _ => Cow::Borrowed(path),
+    };
+    let owned_segs;
+    let segs_ref = match &vpath {
+        Cow::Owned(p) => {
+            owned_segs = segments(p);
+            &owned_segs
+        }
+        Cow::Borrowed(_) => segs,
+    };
+    let mut route_best: Option<(i32, &'static Route)> = None;
+    for r in routes {
+        if let Some(s) = match_route(svc, r, segs_ref, qpairs, req, trailing_slash)
+            && route_best.is_none_or(|(bs, _)| s > bs)
+        {
+            route_best = Some((s, r));
+        }
+    }
+    let (score, r) = route_best?;
+    let protocol = static_protocol(if svc.speaks("rest-xml") {
+        "rest-xml"
+    } else {
+        "rest-json"
+    });
+    Some((
+        score,
+        Hit {
+            svc: i,
+            op: r.op,
+            protocol,
+            route: Some((r, vpath)),
+        },
+    ))
 }
 
 fn candidates(m: &'static Model, signing: Option<&str>, hinfo: &HostInfo) -> Cow<'static, [usize]> {

@@ -214,6 +214,28 @@ mod tests {
         assert_eq!(names(&h), ["dynamodbstreams"]);
         let h = parse_host(m, "sqs.us-east-1.api.aws");
         assert_eq!(names(&h), ["sqs"]);
+        // FIPS and dual-stack endpoints of other services.
+        for (host, svc, region) in [
+            (
+                "dynamodb-fips.us-east-1.amazonaws.com",
+                "dynamodb",
+                "us-east-1",
+            ),
+            ("dynamodb-fips.us-east-1.api.aws", "dynamodb", "us-east-1"),
+            ("dynamodb.us-east-1.api.aws", "dynamodb", "us-east-1"),
+            (
+                "kms-fips.us-gov-west-1.amazonaws.com",
+                "kms",
+                "us-gov-west-1",
+            ),
+            ("ec2.dualstack.eu-west-1.amazonaws.com", "ec2", "eu-west-1"),
+            ("sts-fips.us-east-2.amazonaws.com", "sts", "us-east-2"),
+        ] {
+            let h = parse_host(m, host);
+            assert_eq!(names(&h), [svc], "{host}");
+            assert_eq!(h.region.as_deref(), Some(region), "{host}");
+            assert_eq!(h.bucket, None, "{host}");
+        }
         assert!(!parse_host(m, "127.0.0.1:4566").aws);
         assert!(parse_host(m, "[::1]:4566").services.is_empty());
         assert!(parse_host(m, "").services.is_empty());

@@ -128,11 +128,28 @@ enum Transform {
     CopySrc,
 }
 
+/// What a rule requires of a member's value (besides being present and non-empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Cond {
+    /// `Member^prefix`: starts with the prefix (empty: anything).
+    Prefix(String),
+    /// `Member!value`: is not the value, nor an ARN whose last path segment is it.
+    Not(String),
+}
+
+impl Cond {
+    fn holds(&self, v: &str) -> bool {
+        match self {
+            Cond::Prefix(p) => v.starts_with(p.as_str()),
+            Cond::Not(n) => v != n && v.rsplit_once('/').is_none_or(|(_, last)| last != n),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Rule {
     ops: Vec<String>,
-    /// `(member, required value prefix)`.
-    members: Vec<(String, String)>,
+    members: Vec<(String, Cond)>,
     parts: Vec<Part>,
 }
 
@@ -181,9 +198,10 @@ fn parse_rules(text: &str) -> FastMap<String, Vec<Rule>> {
         let (service, ops) = f[0].split_once('@').unwrap_or((f[0], ""));
         let members = f[1]
             .split(',')
-            .map(|m| {
-                let (m, p) = m.split_once('^').unwrap_or((m, ""));
-                (m.to_string(), p.to_string())
+            .map(|m| match (m.split_once('^'), m.split_once('!')) {
+                (Some((m, p)), _) => (m.to_string(), Cond::Prefix(p.to_string())),
+                (None, Some((m, n))) => (m.to_string(), Cond::Not(n.to_string())),
+                (None, None) => (m.to_string(), Cond::Prefix(String::new())),
             })
             .collect();
         rules.entry(service.to_string()).or_default().push(Rule {
@@ -287,11 +305,11 @@ pub fn resources(ctx: &Ctx<'_>, params: &Params<'_>) -> Vec<String> {
             if !rule.ops.is_empty() && !rule.ops.iter().any(|o| o == ctx.operation) {
                 continue;
             }
-            let ok = rule.members.iter().all(|(m, prefix)| {
+            let ok = rule.members.iter().all(|(m, cond)| {
                 !used.contains(&m.as_str())
                     && params
                         .first(m)
-                        .is_some_and(|v| !v.is_empty() && v.starts_with(prefix.as_str()))
+                        .is_some_and(|v| !v.is_empty() && cond.holds(v))
             });
             if !ok {
                 continue;
@@ -353,6 +371,184 @@ mod tests {
         assert!(!t.read_only("s3", "PutObject"));
         assert!(!t.read_only("x", "Getaway"));
         assert!(t.read_only("x", "List"));
+    }
+
+    #[test]
+    fn iam_exceptions_from_data() {
+        let t = iam();
+        let cases = [
+            // (service, signing name, operation, method, versioned, IAM action)
+            ("s3", "s3", "HeadObject", "HEAD", false, "s3:GetObject"),
+            (
+                "s3",
+                "s3",
+                "HeadObject",
+                "HEAD",
+                true,
+                "s3:GetObjectVersion",
+            ),
+            ("s3", "s3", "GetObjectAcl", "GET", false, "s3:GetObjectAcl"),
+            (
+                "s3",
+                "s3",
+                "GetObjectAcl",
+                "GET",
+                true,
+                "s3:GetObjectVersionAcl",
+            ),
+            ("s3", "s3", "ListObjects", "GET", false, "s3:ListBucket"),
+            (
+                "s3",
+                "s3",
+                "ListBuckets",
+                "GET",
+                false,
+                "s3:ListAllMyBuckets",
+            ),
+            (
+                "s3",
+                "s3",
+                "DeleteObjects",
+                "POST",
+                false,
+                "s3:DeleteObject",
+            ),
+            (
+                "s3",
+                "s3",
+                "CreateSession",
+                "GET",
+                false,
+                "s3express:CreateSession",
+            ),
+            ("ses", "ses", "SendEmail", "POST", false, "ses:SendEmail"),
+            ("sesv2", "ses", "SendEmail", "POST", false, "ses:SendEmail"),
+            (
+                "cloudwatch",
+                "monitoring",
+                "GetMetricData",
+                "POST",
+                false,
+                "cloudwatch:GetMetricData",
+            ),
+            (
+                "lambda",
+                "lambda",
+                "Invoke",
+                "POST",
+                false,
+                "lambda:InvokeFunction",
+            ),
+            (
+                "sqs",
+                "sqs",
+                "SendMessageBatch",
+                "POST",
+                false,
+                "sqs:SendMessage",
+            ),
+            (
+                "sqs",
+                "sqs",
+                "ChangeMessageVisibilityBatch",
+                "POST",
+                false,
+                "sqs:ChangeMessageVisibility",
+            ),
+            (
+                "bedrock-runtime",
+                "bedrock",
+                "Converse",
+                "POST",
+                false,
+                "bedrock:InvokeModel",
+            ),
+            (
+                "bedrock-runtime",
+                "bedrock",
+                "InvokeModel",
+                "POST",
+                false,
+                "bedrock:InvokeModel",
+            ),
+            (
+                "apigatewaymanagementapi",
+                "execute-api",
+                "DeleteConnection",
+                "DELETE",
+                false,
+                "execute-api:ManageConnections",
+            ),
+            (
+                "dynamodbstreams",
+                "dynamodb",
+                "GetRecords",
+                "POST",
+                false,
+                "dynamodb:GetRecords",
+            ),
+            (
+                "elbv2",
+                "elasticloadbalancing",
+                "DescribeLoadBalancers",
+                "POST",
+                false,
+                "elasticloadbalancing:DescribeLoadBalancers",
+            ),
+            (
+                "apigatewayv2",
+                "apigateway",
+                "GetApis",
+                "GET",
+                false,
+                "apigateway:GET",
+            ),
+        ];
+        for (svc, signing, op, method, versioned, want) in cases {
+            assert_eq!(
+                t.action(svc, signing, op, method, versioned),
+                want,
+                "{svc} {op}"
+            );
+        }
+    }
+
+    /// Every row of the hand-written tables names a service and operations that exist in the
+    /// generated model (a typo would silently never apply).
+    #[test]
+    fn data_rows_name_real_services_and_operations() {
+        let m = crate::model::model();
+        let has_op = |s: &str, op: &str| m.service(s).is_some_and(|s| s.operation(op).is_some());
+        for line in IAM_TSV.lines().filter(|l| !l.starts_with('#')) {
+            let f: Vec<&str> = line.split('\t').collect();
+            match f.as_slice() {
+                ["prefix", s, _] | ["method", s] => {
+                    assert!(m.service(s).is_some(), "iam.tsv: {line}")
+                }
+                ["action" | "version" | "readonly", s, op, _] => {
+                    assert!(has_op(s, op), "iam.tsv: {line}")
+                }
+                _ => panic!("iam.tsv: malformed row {line:?}"),
+            }
+        }
+        for line in RESOURCES_TSV.lines().filter(|l| !l.starts_with('#')) {
+            let f: Vec<&str> = line.split('\t').collect();
+            assert_eq!(f.len(), 3, "resources.tsv: malformed row {line:?}");
+            let (s, ops) = f[0].split_once('@').unwrap_or((f[0], ""));
+            assert!(m.service(s).is_some(), "resources.tsv: {line}");
+            for op in ops.split('|').filter(|o| !o.is_empty()) {
+                assert!(has_op(s, op), "resources.tsv: no {s}.{op}");
+            }
+        }
+    }
+
+    #[test]
+    fn member_conditions() {
+        assert!(Cond::Prefix("alias/".into()).holds("alias/x"));
+        assert!(!Cond::Prefix("alias/".into()).holds("k-1"));
+        assert!(Cond::Not("default".into()).holds("orders"));
+        assert!(!Cond::Not("default".into()).holds("default"));
+        assert!(!Cond::Not("default".into()).holds("arn:aws:events:r:1:event-bus/default"));
     }
 
     #[test]
