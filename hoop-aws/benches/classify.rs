@@ -8,6 +8,9 @@ use base64::Engine as _;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hoop_aws::{HttpRequest, classify, sigv4};
 
+/// The target: under 2 µs per request on the development machine.
+const TARGET_NS: u128 = 2_000;
+
 struct Owned {
     method: String,
     target: String,
@@ -73,21 +76,51 @@ fn bench(c: &mut Criterion) {
     // Load the model outside the measurement.
     assert!(one(&reqs[0], &headers[0]));
 
-    // Median of per-request times over the mix, printed for `cargo xtask bench`.
+    // Median of per-request times over the mix (each request timed on its own, 50 rounds),
+    // printed for `cargo xtask bench classify` against the target.
     let mut samples = Vec::new();
+    let mut per_req: Vec<Vec<u128>> = vec![Vec::new(); reqs.len()];
     for _ in 0..50 {
-        for (o, h) in reqs.iter().zip(&headers) {
+        for (k, (o, h)) in reqs.iter().zip(&headers).enumerate() {
             let t = Instant::now();
             black_box(one(black_box(o), h));
-            samples.push(t.elapsed().as_nanos());
+            let ns = t.elapsed().as_nanos();
+            samples.push(ns);
+            per_req[k].push(ns);
         }
     }
     samples.sort_unstable();
+    // The costliest requests (their median over the rounds): what the mean pays for.
+    let mut costly: Vec<(u128, &Owned)> = per_req
+        .iter_mut()
+        .zip(&reqs)
+        .map(|(v, o)| {
+            v.sort_unstable();
+            (v[v.len() / 2], o)
+        })
+        .collect();
+    // Each request's median is its cost when not preempted; their mean is what the mix costs
+    // per request (criterion's wall-clock figure also counts time the CPU spent elsewhere).
+    let mix_mean = costly.iter().map(|(ns, _)| ns).sum::<u128>() / costly.len().max(1) as u128;
+    costly.sort_by_key(|a| std::cmp::Reverse(a.0));
+    for (ns, o) in costly.iter().take(5) {
+        println!(
+            "classify: costly: {ns} ns {} {} ({} body bytes)",
+            o.method,
+            o.target.chars().take(60).collect::<String>(),
+            o.body.len()
+        );
+    }
+    let median = samples[samples.len() / 2];
     println!(
-        "classify: {} requests in the mix, median {} ns per request, p90 {} ns",
+        "classify: {} recorded SDK requests x 50 rounds, median {median} ns per request, p90 {} ns",
         reqs.len(),
-        samples[samples.len() / 2],
         samples[samples.len() * 9 / 10]
+    );
+    println!("classify: mean over the mix of each request's median: {mix_mean} ns");
+    println!(
+        "classify: target median < {TARGET_NS} ns per request: {}",
+        if median < TARGET_NS { "PASS" } else { "FAIL" }
     );
 
     let mut g = c.benchmark_group("classify");
