@@ -1088,3 +1088,26 @@ fn unknown_account_is_a_wildcard() {
         run_as(c, None);
     }
 }
+
+/// A presigned URL carries its SigV4 scope in the query string: the region and service come
+/// from it, and its X-Amz-* parameters are not request members.
+#[test]
+fn presigned_url_region_and_resources() {
+    let target = "/reports/2026/q1.csv?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20261125%2Feu-central-1%2Fs3%2Faws4_request&X-Amz-Date=20261125T000000Z&X-Amz-Expires=3600&X-Amz-SignedHeaders=host&X-Amz-Signature=0";
+    let headers: Vec<(&str, &[u8])> = vec![("Host", b"127.0.0.1:4566")];
+    let req = HttpRequest {
+        method: "GET",
+        target,
+        headers: &headers,
+        body: b"",
+    };
+    let cred = sigv4::parse(&req).expect("presigned scope");
+    let call = classify(&req, Some(&cred), None, Some(ACCOUNT)).expect("classified");
+    assert_eq!(
+        (call.service.as_str(), call.operation.as_str()),
+        ("s3", "GetObject")
+    );
+    assert_eq!(call.iam_action, "s3:GetObject");
+    assert_eq!(call.region.as_deref(), Some("eu-central-1"));
+    assert_eq!(call.resources, ["arn:aws:s3:::reports/2026/q1.csv"]);
+}
