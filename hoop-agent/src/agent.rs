@@ -71,7 +71,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let metrics = Metrics::new(opts.metrics_identity_cap)?;
     crate::metrics::serve(opts.metrics_addr, metrics.clone()).await?;
     let audit = Audit::open(&opts.data_dir, &opts.store)?;
-    crate::audit::spawn_rotating_dumps(
+    let dumps = crate::audit::spawn_rotating_dumps(
         audit.store.clone(),
         &opts.store,
         Duration::from_nanos(opts.capture.response_timeout_ns) + Duration::from_secs(5),
@@ -218,6 +218,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     sink.flush()?;
     let durable = ev.audit.store.flush().context("flush the audit store")?;
     info!(durable, "audit store flushed");
+    if let Some(d) = dumps {
+        d.finish();
+    }
+    ev.audit.close()?;
     let c = ev.counters.read();
     let st = ev.assembler.stats();
     info!(

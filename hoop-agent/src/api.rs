@@ -57,6 +57,10 @@ impl ApiResponse {
 
 pub type Handler = Arc<dyn Fn(&ApiRequest) -> ApiResponse + Send + Sync>;
 
+/// A handler that writes its answer as it goes (status 200, `application/octet-stream`),
+/// on a blocking thread; the writer applies back-pressure and fails once the client is gone.
+pub type RawHandler = Arc<dyn Fn(&ApiRequest, Box<dyn Write + Send>) + Send + Sync>;
+
 /// Method + path pattern (`{name}` segments capture) → handler.
 /// A stream of JSON lines (without the newline).
 pub type Lines = tokio::sync::broadcast::Sender<Arc<str>>;
@@ -65,6 +69,7 @@ pub type Lines = tokio::sync::broadcast::Sender<Arc<str>>;
 pub struct Router {
     routes: Vec<(String, Vec<String>, Handler)>,
     streams: Vec<(String, Lines)>,
+    raw: Vec<(String, String, RawHandler)>,
 }
 
 impl Router {
@@ -93,11 +98,32 @@ impl Router {
         self
     }
 
+    /// `method path` answers with whatever `h` writes (see [`RawHandler`]).
+    pub fn raw(
+        mut self,
+        method: &str,
+        path: &str,
+        h: impl Fn(&ApiRequest, Box<dyn Write + Send>) + Send + Sync + 'static,
+    ) -> Self {
+        self.raw
+            .push((method.to_string(), path.to_string(), Arc::new(h)));
+        self
+    }
+
     /// Adds every route of another router.
     pub fn merge(mut self, other: Router) -> Self {
         self.routes.extend(other.routes);
         self.streams.extend(other.streams);
+        self.raw.extend(other.raw);
         self
+    }
+
+    fn raw_for(&self, req: &ApiRequest) -> Option<RawHandler> {
+        let path = req.path.split('?').next().unwrap_or("");
+        self.raw
+            .iter()
+            .find(|(m, p, _)| *m == req.method && p == path)
+            .map(|(_, _, h)| h.clone())
     }
 
     fn stream_for(&self, req: &ApiRequest) -> Option<&Lines> {
@@ -405,6 +431,9 @@ where
                 let rx = lines.subscribe();
                 stream_lines(s, rx).await;
                 return;
+            } else if let Some(h) = router.raw_for(&r) {
+                stream_raw(s, r, h).await;
+                return;
             } else {
                 let router = router.clone();
                 tokio::task::spawn_blocking(move || router.handle(r))
@@ -427,6 +456,42 @@ where
         warn!("API client went away");
         return;
     }
+    let _ = s.shutdown().await;
+}
+
+/// Bridges a [`RawHandler`]'s blocking writer to the socket through a small bounded channel.
+async fn stream_raw<S>(mut s: S, req: ApiRequest, h: RawHandler)
+where
+    S: tokio::io::AsyncWrite + Unpin,
+{
+    struct ChannelWriter(tokio::sync::mpsc::Sender<Vec<u8>>);
+    impl Write for ChannelWriter {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .blocking_send(b.to_vec())
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let head =
+        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n";
+    if s.write_all(head.as_bytes()).await.is_err() {
+        return;
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
+    let task = tokio::task::spawn_blocking(move || h(&req, Box::new(ChannelWriter(tx))));
+    while let Some(chunk) = rx.recv().await {
+        if s.write_all(&chunk).await.is_err() {
+            // Dropping the receiver makes the handler's next write fail.
+            break;
+        }
+    }
+    drop(rx);
+    let _ = task.await;
+    let _ = s.flush().await;
     let _ = s.shutdown().await;
 }
 

@@ -3,12 +3,12 @@
 //! `policy`, `dump`, `verify`), which run on the store directly when no agent holds it, or
 //! through the running agent's local API (sled allows one process).
 
-use crate::api::{ApiResponse, Router};
+use crate::api::Router;
 use anyhow::{Context, Result};
 use hoop_event::CallRecord;
 use hoop_store::{
-    DumpArgs, MaskConfig, Masker, PolicyArgs, QueryArgs, ReplayArgs, ReportArgs, Store,
-    StoreConfig, VerifyArgs,
+    Console, DumpArgs, FrameConsole, LocalConsole, MaskConfig, Masker, PolicyArgs, QueryArgs,
+    ReplayArgs, ReportArgs, Store, StoreConfig, VerifyArgs,
 };
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -88,19 +88,73 @@ pub struct Audit {
     masker: Masker,
 }
 
+/// Entries a data directory may hold besides hoop's own before hoop calls it foreign.
+const IGNORABLE: [&str; 1] = ["lost+found"];
+
+/// A data directory is hoop's when it is missing or empty, or holds the store or the mask
+/// key. Anything else is refused before a byte is written into it.
+fn check_data_dir(data_dir: &Path, section: &StoreSection) -> Result<()> {
+    let rd = match std::fs::read_dir(data_dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("read {}", data_dir.display())),
+    };
+    let dump_dir = section
+        .dump_dir
+        .as_deref()
+        .and_then(|d| d.strip_prefix(data_dir).ok())
+        .and_then(|d| d.components().next())
+        .map(|c| c.as_os_str().to_owned());
+    let mut other = Vec::new();
+    for e in rd {
+        let name = e?.file_name();
+        let n = name.to_string_lossy();
+        if n == "store" || n == "mask.key" {
+            return Ok(());
+        }
+        if !IGNORABLE.contains(&n.as_ref()) && Some(&name) != dump_dir.as_ref() {
+            other.push(n.into_owned());
+        }
+    }
+    if other.is_empty() {
+        return Ok(());
+    }
+    other.sort();
+    other.truncate(5);
+    anyhow::bail!(
+        "data directory {} is not empty and holds no hoop store (found {}): refusing to write into it; use an empty or new --data-dir",
+        data_dir.display(),
+        other.join(", ")
+    )
+}
+
 impl Audit {
+    /// Validates the data directory, the mask key and the store before writing anything;
+    /// a damaged store is moved aside and replaced (see [`Store::open_or_recover`]).
     pub fn open(data_dir: &Path, section: &StoreSection) -> Result<Self> {
+        check_data_dir(data_dir, section)?;
+        let key_path = data_dir.join("mask.key");
+        if key_path.exists() {
+            Masker::load_or_create_key(&key_path)?;
+        }
+        let cfg = section.store_config()?;
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("create data directory {}", data_dir.display()))?;
-        let key = Masker::load_or_create_key(&data_dir.join("mask.key"))?;
+        let (store, replaced) = Store::open_or_recover(data_dir.join("store"), cfg)
+            .with_context(|| format!("open audit store in {}", data_dir.display()))?;
+        if let Some(p) = replaced {
+            tracing::error!(
+                damaged = %p.path,
+                "the audit store could not be opened and was replaced; `hoop-agent verify` shows the link to the old chain"
+            );
+        }
+        let key = Masker::load_or_create_key(&key_path)?;
         let masker = Masker::from_config(
             &MaskConfig {
                 rules: section.mask.clone(),
             },
             &key,
         )?;
-        let store = Store::open(data_dir.join("store"), section.store_config()?)
-            .with_context(|| format!("open audit store in {}", data_dir.display()))?;
         Ok(Audit {
             store: Arc::new(store),
             masker,
@@ -115,19 +169,49 @@ impl Audit {
         self.store.append(rec)?;
         Ok(t.elapsed())
     }
+
+    /// Clean shutdown: everything flushed and the store marked closed cleanly.
+    pub fn close(&self) -> Result<()> {
+        self.store.shutdown().context("close the audit store")
+    }
+}
+
+/// The rotating-dump thread; [`RotatingDumps::finish`] writes the last window at shutdown.
+pub struct RotatingDumps {
+    stop: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    thread: std::thread::JoinHandle<hoop_store::RotatingDumper>,
+    store: Arc<Store>,
+}
+
+impl RotatingDumps {
+    /// Call after the last record is stored: writes the window up to now.
+    pub fn finish(self) {
+        *self.stop.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.stop.1.notify_all();
+        let Ok(mut dumper) = self.thread.join() else {
+            tracing::warn!("rotating dump thread panicked; no final window");
+            return;
+        };
+        match dumper.finish(&self.store, hoop_store::timefmt::now_ns()) {
+            Ok(Some(p)) => tracing::info!(path = %p.display(), "final rotating audit dump written"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("final rotating audit dump: {e}"),
+        }
+    }
 }
 
 /// Scheduled rotating CloudTrail dumps into `store.dump_dir`, for log shippers: one gzip file
 /// per `dump_every` window of ingest time. A window is written only once every event that can
 /// still land in it is in the store: `lag` covers the longest wait between a request and its
-/// record (the response timeout) plus the store's flush interval.
+/// record (the response timeout) plus the store's flush interval. After a restart the windows
+/// continue from the end of the newest file; a new directory starts now.
 pub fn spawn_rotating_dumps(
     store: Arc<Store>,
     section: &StoreSection,
     lag: Duration,
-) -> Result<()> {
+) -> Result<Option<RotatingDumps>> {
     let Some(dir) = section.dump_dir.clone() else {
-        return Ok(());
+        return Ok(None);
     };
     let every = section.dump_period()?;
     let lag = lag + Duration::from_millis(section.flush_interval_ms.max(10)) * 2;
@@ -142,27 +226,50 @@ pub fn spawn_rotating_dumps(
                 .map(|s| s.trim().to_string())
         })
         .unwrap_or_else(|| "node".into());
-    std::thread::Builder::new()
-        .name("hoop-dump".into())
-        .spawn(move || {
-            let mut dumper = hoop_store::RotatingDumper::new(dir, node, every);
-            loop {
-                std::thread::sleep(every.min(Duration::from_secs(1)));
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(0);
-                match dumper.tick(&store, now.saturating_sub(lag.as_nanos() as u64)) {
-                    Ok(Some(p)) => {
-                        tracing::info!(path = %p.display(), "rotating audit dump written")
+    let mut dumper = hoop_store::RotatingDumper::resume(&dir, node, every)
+        .with_context(|| format!("read dump directory {}", dir.display()))?;
+    match dumper.last_to {
+        Some(t) => tracing::info!(
+            from = %hoop_store::timefmt::rfc3339(t),
+            "rotating dumps continue after the newest file"
+        ),
+        None => dumper.last_to = Some(hoop_store::timefmt::now_ns()),
+    }
+    let stop = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let thread = {
+        let stop = stop.clone();
+        let store = store.clone();
+        std::thread::Builder::new()
+            .name("hoop-dump".into())
+            .spawn(move || {
+                loop {
+                    {
+                        let g = stop.0.lock().unwrap_or_else(|e| e.into_inner());
+                        let (g, _) = stop
+                            .1
+                            .wait_timeout(g, every.min(Duration::from_secs(1)))
+                            .unwrap_or_else(|e| e.into_inner());
+                        if *g {
+                            return dumper;
+                        }
                     }
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!("rotating audit dump: {e}"),
+                    let now = hoop_store::timefmt::now_ns();
+                    match dumper.tick(&store, now.saturating_sub(lag.as_nanos() as u64)) {
+                        Ok(Some(p)) => {
+                            tracing::info!(path = %p.display(), "rotating audit dump written")
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!("rotating audit dump: {e}"),
+                    }
                 }
-            }
-        })
-        .context("spawn the rotating dump thread")?;
-    Ok(())
+            })
+            .context("spawn the rotating dump thread")?
+    };
+    Ok(Some(RotatingDumps {
+        stop,
+        thread,
+        store,
+    }))
 }
 
 /// Reviewer commands, shared by the CLI and the local API.
@@ -184,15 +291,20 @@ pub enum AuditCommand {
 }
 
 impl AuditCommand {
-    pub fn run(&self, store: &Store, out: &mut dyn std::io::Write) -> Result<()> {
+    pub fn run(&self, store: &Store, console: &mut dyn Console) -> Result<()> {
         match self {
-            AuditCommand::Query(a) => hoop_store::run_query(store, a, out),
-            AuditCommand::Replay(a) => hoop_store::run_replay(store, a, out),
-            AuditCommand::Report(a) => hoop_store::run_report(store, a, out),
-            AuditCommand::Policy(a) => hoop_store::run_policy(store, a, out),
-            AuditCommand::Dump(a) => hoop_store::run_dump(store, a, out),
-            AuditCommand::Verify(a) => hoop_store::run_verify(store, a, out),
+            AuditCommand::Query(a) => hoop_store::run_query(store, a, console.out()),
+            AuditCommand::Replay(a) => hoop_store::run_replay(store, a, console.out()),
+            AuditCommand::Report(a) => hoop_store::run_report(store, a, console.out()),
+            AuditCommand::Policy(a) => hoop_store::run_policy(store, a, console.out()),
+            AuditCommand::Dump(a) => hoop_store::run_dump(store, a, console),
+            AuditCommand::Verify(a) => hoop_store::run_verify(store, a, console.out()),
         }
+    }
+
+    /// A progress bar is wanted (drawn only on a terminal).
+    fn progress(&self) -> bool {
+        matches!(self, AuditCommand::Dump(a) if !a.no_progress)
     }
 }
 
@@ -204,33 +316,27 @@ struct ApiCommandLine {
     command: AuditCommand,
 }
 
-/// `POST /v1/audit` with `{"argv": ["query", "--since", "2h"]}` → `{"output": "..."}`.
+const AUDIT_PATH: &str = "/v1/audit";
+
+/// `POST /v1/audit` with `{"argv": ["query", "--since", "2h"]}` runs the command in the agent
+/// and streams its output, files and progress as frames (see [`hoop_store::console`]): the
+/// client writes them in its own directory and terminal.
 pub fn routes(store: Arc<Store>) -> Router {
-    Router::new().route("POST", "/v1/audit", move |req| {
+    Router::new().raw("POST", AUDIT_PATH, move |req, sock| {
         #[derive(Deserialize)]
         struct Body {
             argv: Vec<String>,
         }
-        let body: Body = match serde_json::from_slice(&req.body) {
-            Ok(b) => b,
-            Err(e) => return ApiResponse::error(400, format!("bad request body: {e}")),
-        };
-        let cmd = match <ApiCommandLine as clap::Parser>::try_parse_from(&body.argv) {
-            Ok(c) => c.command,
-            Err(e) => return ApiResponse::error(400, e.to_string()),
-        };
-        let mut out = Vec::new();
-        match cmd.run(&store, &mut out) {
-            Ok(()) => ApiResponse::ok(serde_json::json!({
-                "output": String::from_utf8_lossy(&out),
-            })),
-            Err(e) => ApiResponse {
-                status: 422,
-                body: serde_json::json!({
-                    "output": String::from_utf8_lossy(&out),
-                    "error": format!("{e:#}"),
-                }),
-            },
+        let mut console = FrameConsole::new(sock);
+        let result = serde_json::from_slice::<Body>(&req.body)
+            .map_err(|e| anyhow::anyhow!("bad request body: {e}"))
+            .and_then(|b| {
+                <ApiCommandLine as clap::Parser>::try_parse_from(&b.argv)
+                    .map_err(|e| anyhow::anyhow!("{e}"))
+            })
+            .and_then(|c| c.command.run(&store, &mut console));
+        if let Err(e) = console.end(&result) {
+            tracing::debug!("audit API client went away: {e}");
         }
     })
 }
@@ -243,22 +349,14 @@ pub fn run_cli(
     data_dir: &Path,
     api_socket: &Path,
 ) -> Result<()> {
-    use std::io::Write;
+    let stdout = std::io::stdout();
+    let mut console = LocalConsole::new(stdout.lock(), command.progress());
     if api_socket.exists() {
-        match crate::api::call_json(
-            api_socket,
-            "POST",
-            "/v1/audit",
-            &serde_json::json!({ "argv": argv }),
-        ) {
-            Ok((status, body)) => {
-                let out = body["output"].as_str().unwrap_or_default();
-                std::io::stdout().write_all(out.as_bytes())?;
-                if status != 200 {
-                    let err = body["error"].as_str().unwrap_or("request failed");
-                    anyhow::bail!("{err}");
-                }
-                return Ok(());
+        match open_stream(api_socket, argv) {
+            Ok(answer) => {
+                let r = hoop_store::apply_frames(answer, &mut console);
+                console.finish()?;
+                return r;
             }
             Err(e) => {
                 tracing::debug!("agent API not answering ({e:#}); opening the store directly")
@@ -267,11 +365,44 @@ pub fn run_cli(
     }
     let store = Store::open_read_only(data_dir.join("store"))
         .with_context(|| format!("open the audit store in {}", data_dir.display()))?;
-    let stdout = std::io::stdout();
-    let mut lock = stdout.lock();
-    command.run(&store, &mut lock)?;
-    lock.flush()?;
-    Ok(())
+    let r = command.run(&store, &mut console);
+    console.finish()?;
+    r
+}
+
+/// Sends the command to the agent; returns the body of a 200 answer as a reader.
+fn open_stream(api_socket: &Path, argv: &[String]) -> Result<impl std::io::Read> {
+    use std::io::{BufRead, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(api_socket)
+        .with_context(|| format!("connect to the agent at {}", api_socket.display()))?;
+    let body = serde_json::json!({ "argv": argv }).to_string();
+    write!(
+        s,
+        "POST {AUDIT_PATH} HTTP/1.1\r\nHost: hoop\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut r = std::io::BufReader::new(s);
+    let mut status = String::new();
+    r.read_line(&mut status)?;
+    let code = status.split_whitespace().nth(1).unwrap_or("");
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 || line == "\r\n" {
+            break;
+        }
+    }
+    if code != "200" {
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut r, &mut rest)?;
+        let err: serde_json::Value = serde_json::from_str(&rest).unwrap_or_default();
+        anyhow::bail!(
+            "the agent refused the command ({}): {}",
+            status.trim(),
+            err["error"].as_str().unwrap_or(rest.trim())
+        );
+    }
+    Ok(r)
 }
 
 #[cfg(test)]

@@ -51,6 +51,9 @@ pub struct VerifyReport {
     pub ok: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_broken: Option<VerifyError>,
+    /// The damaged store whose last head this chain starts from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub predecessor: Option<crate::store::Predecessor>,
 }
 
 /// One event as verification sees it.
@@ -168,6 +171,7 @@ where
                     hex::encode(h)
                 ),
             }),
+            predecessor: None,
         };
     }
     VerifyReport {
@@ -175,6 +179,7 @@ where
         head: hex::encode(running),
         ok: true,
         first_broken: None,
+        predecessor: None,
     }
 }
 
@@ -184,5 +189,6 @@ fn broken(n: u64, running: Hash, e: VerifyError) -> VerifyReport {
         head: hex::encode(running),
         ok: false,
         first_broken: Some(e),
+        predecessor: None,
     }
 }

@@ -1,11 +1,12 @@
 //! Argument structs and runners for `hoop-agent query|replay|report|policy|dump|verify`.
 //! The agent binary owns `--data-dir` and opens the store; these only use it.
 
+use crate::console::Console;
 use crate::dump::{self, CloudTrailOptions, DumpFormat};
 use crate::filter::Filter;
 use crate::query::{self, Session};
 use crate::report;
-use crate::store::Store;
+use crate::store::{Store, StoredEvent};
 use crate::timefmt::{now_ns, parse_time};
 use anyhow::{Context, bail};
 use std::io::Write;
@@ -136,51 +137,78 @@ pub fn run_query(store: &Store, args: &QueryArgs, out: &mut dyn Write) -> anyhow
     if args.limit.is_some() {
         f.limit = args.limit;
     }
-    let events = query::query(store, &f)?;
+    // Records are written as they are read: a large result is never held whole.
+    let mut n = 0usize;
+    let mut err: Option<anyhow::Error> = None;
+    let mut emit = |e: StoredEvent, out: &mut dyn Write| -> bool {
+        let r = write_query_record(args.format, n, &e.record, out);
+        n += 1;
+        if let Err(x) = r {
+            err = Some(x);
+            return false;
+        }
+        f.limit.is_none_or(|l| n < l)
+    };
     match args.format {
+        QueryFormat::Json => out.write_all(b"[")?,
+        QueryFormat::Jsonl => {}
+        QueryFormat::Table => writeln!(
+            out,
+            "{:<24} {:<44} {:<18} {:<22} {:<32} {:<40} {:<12} STATUS",
+            "TIME", "IDENTITY", "PROCESS", "WORKLOAD", "ACTION", "RESOURCE", "DECISION",
+        )?,
+    }
+    query::for_each(store, &f, |e| emit(e, out))?;
+    if let Some(e) = err {
+        return Err(e);
+    }
+    match args.format {
+        QueryFormat::Json if n == 0 => writeln!(out, "]")?,
+        QueryFormat::Json => writeln!(out, "\n]")?,
+        QueryFormat::Jsonl => {}
+        QueryFormat::Table => writeln!(out, "{n} records")?,
+    }
+    Ok(())
+}
+
+fn write_query_record(
+    format: QueryFormat,
+    i: usize,
+    r: &hoop_event::CallRecord,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    match format {
         QueryFormat::Json => {
-            let recs: Vec<&hoop_event::CallRecord> = events.iter().map(|e| &e.record).collect();
-            serde_json::to_writer_pretty(&mut *out, &recs)?;
-            writeln!(out)?;
+            out.write_all(if i == 0 { b"\n" } else { b",\n" })?;
+            serde_json::to_writer_pretty(&mut *out, r)?;
         }
         QueryFormat::Jsonl => {
-            for e in &events {
-                serde_json::to_writer(&mut *out, &e.record)?;
-                writeln!(out)?;
-            }
+            serde_json::to_writer(&mut *out, r)?;
+            writeln!(out)?;
         }
         QueryFormat::Table => {
+            let status = match &r.response {
+                Some(x) => match &x.error_code {
+                    Some(c) => format!("{} {c}", x.status),
+                    None => x.status.to_string(),
+                },
+                None => "-".into(),
+            };
             writeln!(
                 out,
-                "{:<24} {:<44} {:<18} {:<22} {:<32} {:<40} {:<12} STATUS",
-                "TIME", "IDENTITY", "PROCESS", "WORKLOAD", "ACTION", "RESOURCE", "DECISION",
+                "{:<24} {:<44} {:<18} {:<22} {:<32} {:<40} {:<12} {}",
+                trunc(&crate::timefmt::rfc3339_secs(r.time_ns), 24),
+                trunc(r.identity.key(), 44),
+                trunc(&format!("{}/{}", r.process.pid, r.process.comm), 18),
+                trunc(&r.workload.name(), 22),
+                trunc(r.aws.iam_action.as_deref().unwrap_or(&r.aws.service), 32),
+                trunc(
+                    r.aws.resources.first().map(String::as_str).unwrap_or("-"),
+                    40
+                ),
+                trunc(&r.decision.effect, 12),
+                status
             )?;
-            for e in &events {
-                let r = &e.record;
-                let status = match &r.response {
-                    Some(x) => match &x.error_code {
-                        Some(c) => format!("{} {c}", x.status),
-                        None => x.status.to_string(),
-                    },
-                    None => "-".into(),
-                };
-                writeln!(
-                    out,
-                    "{:<24} {:<44} {:<18} {:<22} {:<32} {:<40} {:<12} {}",
-                    trunc(&crate::timefmt::rfc3339_secs(r.time_ns), 24),
-                    trunc(r.identity.key(), 44),
-                    trunc(&format!("{}/{}", r.process.pid, r.process.comm), 18),
-                    trunc(&r.workload.name(), 22),
-                    trunc(r.aws.iam_action.as_deref().unwrap_or(&r.aws.service), 32),
-                    trunc(
-                        r.aws.resources.first().map(String::as_str).unwrap_or("-"),
-                        40
-                    ),
-                    trunc(&r.decision.effect, 12),
-                    status
-                )?;
-            }
-            writeln!(out, "{} records", events.len())?;
         }
     }
     Ok(())
@@ -428,40 +456,48 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "hoop".into())
 }
 
-pub fn run_dump(store: &Store, args: &DumpArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+/// Files (`-o`, `--rotate-dir`) and the progress bar go through `console`: they are the
+/// reviewer's, also when the agent runs the command.
+pub fn run_dump(store: &Store, args: &DumpArgs, console: &mut dyn Console) -> anyhow::Result<()> {
     let f = args.filter.to_filter()?;
     let node = args.node.clone().unwrap_or_else(hostname);
     if let Some(dir) = &args.rotate_dir {
         let to = f.until.unwrap_or_else(now_ns);
         let from = f.since.unwrap_or(to.saturating_sub(3_600_000_000_000));
-        let p = dump::dump_rotating(store, dir, &node, from, to)?;
-        writeln!(out, "{}", p.display())?;
+        let path = dir.join(dump::rotating_name(&node, from, to));
+        console.create(&path, true)?;
+        dump::write_window(store, &node, from, to, console.file()?)?;
+        console.commit()?;
+        writeln!(console.out(), "{}", path.display())?;
         return Ok(());
     }
     let opts = CloudTrailOptions { source: Some(node) };
-    let progress = !args.no_progress;
+    let mut progress = console.progress();
     match &args.output {
         Some(path) => {
-            let dir = path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(std::path::Path::new("."));
-            let mut tmp = tempfile::Builder::new()
-                .prefix(".hoop-dump.")
-                .tempfile_in(dir)?;
-            let n = {
-                let mut w = std::io::BufWriter::new(tmp.as_file_mut());
-                let n =
-                    dump::write_dump(store, &f, args.format, args.gzip, &opts, &mut w, progress)?;
-                w.flush()?;
-                n
-            };
-            tmp.as_file().sync_all()?;
-            tmp.persist(path).map_err(|e| e.error)?;
-            writeln!(out, "{n} events written to {}", path.display())?;
+            console.create(path, false)?;
+            let n = dump::write_dump(
+                store,
+                &f,
+                args.format,
+                args.gzip,
+                &opts,
+                console.file()?,
+                &mut progress,
+            )?;
+            console.commit()?;
+            writeln!(console.out(), "{n} events written to {}", path.display())?;
         }
         None => {
-            dump::write_dump(store, &f, args.format, args.gzip, &opts, out, progress)?;
+            dump::write_dump(
+                store,
+                &f,
+                args.format,
+                args.gzip,
+                &opts,
+                console.out(),
+                &mut progress,
+            )?;
         }
     }
     Ok(())
@@ -482,6 +518,15 @@ pub fn run_verify(store: &Store, args: &VerifyArgs, out: &mut dyn Write) -> anyh
         writeln!(out)?;
     } else if r.ok {
         writeln!(out, "chain OK: {} events, head {}", r.events, r.head)?;
+        if let Some(p) = &r.predecessor {
+            writeln!(
+                out,
+                "it continues from head {} of a damaged store moved to {} ({})",
+                p.head.as_deref().unwrap_or("unknown"),
+                p.path,
+                p.reason
+            )?;
+        }
     } else if let Some(e) = &r.first_broken {
         writeln!(out, "chain BROKEN after {} good events: {e}", r.events)?;
     }

@@ -2,13 +2,14 @@
 //! `{"Records":[...]}` documents; optionally gzip-compressed; and rotating files for log
 //! shippers, written atomically (temp file + rename).
 
+use crate::console::{Console, LocalConsole};
 use crate::filter::Filter;
 use crate::index::make_key;
 use crate::query;
 use crate::store::{Store, StoreError, StoredEvent};
 use crate::timefmt::{compact, rfc3339_secs};
 use serde_json::{Map, Value, json};
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -239,20 +240,8 @@ impl Sink<'_> {
     }
 }
 
-fn progress_bar(total: u64, show: bool) -> indicatif::ProgressBar {
-    if !show || !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let pb = indicatif::ProgressBar::new(total);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{spinner} {pos}/{len} events [{elapsed_precise}] {wide_bar} {per_sec}",
-    ) {
-        pb.set_style(style);
-    }
-    pb
-}
-
-/// Dump the records a filter selects. Returns the number written.
+/// Dump the records a filter selects, reporting `(done, total)` to `progress` (total: the
+/// candidates the filter selects, an upper bound). Returns the number written.
 pub fn write_dump(
     store: &Store,
     f: &Filter,
@@ -260,7 +249,7 @@ pub fn write_dump(
     gzip: bool,
     opts: &CloudTrailOptions,
     out: &mut dyn Write,
-    progress: bool,
+    progress: &mut dyn FnMut(u64, u64),
 ) -> anyhow::Result<u64> {
     if gzip {
         let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::default());
@@ -278,7 +267,7 @@ fn write_plain(
     format: DumpFormat,
     opts: &CloudTrailOptions,
     out: &mut dyn Write,
-    progress: bool,
+    progress: &mut dyn FnMut(u64, u64),
 ) -> anyhow::Result<u64> {
     let mut sink = Sink {
         out,
@@ -287,15 +276,16 @@ fn write_plain(
         n: 0,
     };
     sink.begin()?;
-    let pb = progress_bar(store.stats().events, progress);
+    let total = std::cell::Cell::new(0u64);
     let mut err = None;
-    query::for_each(store, f, |e| {
+    let mut sized = |t: u64| total.set(t);
+    query::for_each_sized(store, f, Some(&mut sized), |e| {
         if let Err(x) = sink.push(&e) {
             err = Some(x);
             return false;
         }
-        if sink.n.is_multiple_of(1024) {
-            pb.set_position(sink.n);
+        if sink.n == 1 || sink.n.is_multiple_of(1024) {
+            progress(sink.n, total.get());
         }
         true
     })?;
@@ -303,21 +293,12 @@ fn write_plain(
         return Err(e.into());
     }
     sink.end()?;
-    pb.finish_and_clear();
+    progress(sink.n, sink.n);
     Ok(sink.n)
 }
 
-/// Write events ingested in key time `[from_ns, to_ns)` as a gzip CloudTrail file
-/// `hoop-<node>-<from>-<to>.json.gz` in `dir`, atomically. Key time (ingest order) rather
-/// than request time, so consecutive windows hold every event exactly once.
-pub fn dump_rotating(
-    store: &Store,
-    dir: &Path,
-    node: &str,
-    from_ns: u64,
-    to_ns: u64,
-) -> Result<PathBuf, StoreError> {
-    std::fs::create_dir_all(dir)?;
+/// File name of a rotating dump: `hoop-<node>-<from>-<to>.json.gz`.
+pub fn rotating_name(node: &str, from_ns: u64, to_ns: u64) -> String {
     let safe_node: String = node
         .chars()
         .map(|c| {
@@ -328,55 +309,79 @@ pub fn dump_rotating(
             }
         })
         .collect();
-    let name = format!(
+    format!(
         "hoop-{safe_node}-{}-{}.json.gz",
         compact(from_ns),
         compact(to_ns)
-    );
-    let path = dir.join(&name);
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .tempfile_in(dir)?;
-    {
-        let mut gz =
-            flate2::write::GzEncoder::new(tmp.as_file_mut(), flate2::Compression::default());
-        let opts = CloudTrailOptions {
-            source: Some(node.to_string()),
-        };
-        let mut sink = Sink {
-            out: &mut gz,
-            format: DumpFormat::Cloudtrail,
-            opts: &opts,
-            n: 0,
-        };
-        sink.begin()?;
-        let lo = make_key(from_ns, 0);
-        let hi = make_key(to_ns, 0);
-        let mut err = None;
-        store.for_each_raw(lo, Some(hi), |e| {
-            if let Some(e) = crate::store::decode_event(&e)
-                && let Err(x) = sink.push(&e)
-            {
-                err = Some(x);
-                return false;
-            }
-            true
-        });
-        if let Some(e) = err {
-            return Err(e.into());
+    )
+}
+
+/// Write events ingested in key time `[from_ns, to_ns)` as a gzip CloudTrail document.
+/// Key time (ingest order) rather than request time, so consecutive windows hold every
+/// event exactly once. Returns the number of events.
+pub fn write_window(
+    store: &Store,
+    node: &str,
+    from_ns: u64,
+    to_ns: u64,
+    out: &mut dyn Write,
+) -> Result<u64, StoreError> {
+    let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::default());
+    let opts = CloudTrailOptions {
+        source: Some(node.to_string()),
+    };
+    let mut sink = Sink {
+        out: &mut gz,
+        format: DumpFormat::Cloudtrail,
+        opts: &opts,
+        n: 0,
+    };
+    sink.begin()?;
+    let lo = make_key(from_ns, 0);
+    let hi = make_key(to_ns, 0);
+    let mut err = None;
+    store.for_each_raw(lo, Some(hi), |e| {
+        if let Some(e) = crate::store::decode_event(&e)
+            && let Err(x) = sink.push(&e)
+        {
+            err = Some(x);
+            return false;
         }
-        sink.end()?;
-        gz.try_finish()?;
+        true
+    });
+    if let Some(e) = err {
+        return Err(e.into());
     }
-    tmp.as_file().sync_all()?;
-    tmp.persist(&path).map_err(|e| StoreError::Io(e.error))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
+    sink.end()?;
+    let n = sink.n;
+    gz.try_finish()?;
+    Ok(n)
+}
+
+/// Write the window `[from_ns, to_ns)` as `dir/hoop-<node>-<from>-<to>.json.gz`, atomically
+/// (temp file + rename).
+pub fn dump_rotating(
+    store: &Store,
+    dir: &Path,
+    node: &str,
+    from_ns: u64,
+    to_ns: u64,
+) -> Result<PathBuf, StoreError> {
+    let path = dir.join(rotating_name(node, from_ns, to_ns));
+    let mut c = LocalConsole::new(std::io::sink(), false);
+    let r: anyhow::Result<()> = (|| {
+        c.create(&path, true)?;
+        write_window(store, node, from_ns, to_ns, c.file()?)?;
+        c.commit()
+    })();
+    r.map_err(|e| StoreError::Io(std::io::Error::other(format!("{e:#}"))))?;
     Ok(path)
 }
 
-/// Scheduled rotating dumps: call [`RotatingDumper::tick`] on an interval.
+/// Scheduled rotating dumps: call [`RotatingDumper::tick`] on an interval and
+/// [`RotatingDumper::finish`] at shutdown. The position is the `to` time in the newest file's
+/// name (kept to the nanosecond), so a restarted agent continues where the last file ends:
+/// nothing is lost or written twice, and there is no other state to keep in step.
 pub struct RotatingDumper {
     pub dir: PathBuf,
     pub node: String,
@@ -395,15 +400,70 @@ impl RotatingDumper {
         }
     }
 
-    /// Write the window ending now if a full interval has passed since the last one.
+    /// Continue after the newest dump of this node already in the directory, if any.
+    pub fn resume(
+        dir: impl Into<PathBuf>,
+        node: impl Into<String>,
+        every: Duration,
+    ) -> std::io::Result<Self> {
+        let mut d = RotatingDumper::new(dir, node, every);
+        d.last_to = last_window_end(&d.dir, &d.node)?;
+        Ok(d)
+    }
+
+    /// Write the window ending at `now_ns` (rounded down to the second, for readable names)
+    /// if a full interval has passed since the last one.
     pub fn tick(&mut self, store: &Store, now_ns: u64) -> Result<Option<PathBuf>, StoreError> {
         let every = self.every.as_nanos() as u64;
         let from = *self.last_to.get_or_insert(now_ns.saturating_sub(every));
-        if now_ns.saturating_sub(from) < every {
+        let to = now_ns - now_ns % 1_000_000_000;
+        if to <= from || now_ns.saturating_sub(from) < every {
+            return Ok(None);
+        }
+        let p = dump_rotating(store, &self.dir, &self.node, from, to)?;
+        self.last_to = Some(to);
+        Ok(Some(p))
+    }
+
+    /// At shutdown, after the store's last append: the partial window up to `now_ns`.
+    pub fn finish(&mut self, store: &Store, now_ns: u64) -> Result<Option<PathBuf>, StoreError> {
+        let Some(from) = self.last_to else {
+            return Ok(None);
+        };
+        if now_ns <= from {
             return Ok(None);
         }
         let p = dump_rotating(store, &self.dir, &self.node, from, now_ns)?;
         self.last_to = Some(now_ns);
         Ok(Some(p))
     }
+}
+
+/// The latest `to` among `hoop-<node>-<from>-<to>.json.gz` files in `dir`.
+pub fn last_window_end(dir: &Path, node: &str) -> std::io::Result<Option<u64>> {
+    let prefix = rotating_name(node, 0, 0);
+    let prefix = &prefix[..prefix.len() - "19700101T000000Z-19700101T000000Z.json.gz".len()];
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut last = None;
+    for e in rd {
+        let name = e?.file_name();
+        let Some(rest) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(prefix))
+            .and_then(|n| n.strip_suffix(".json.gz"))
+        else {
+            continue;
+        };
+        if let Some(to) = rest
+            .split_once('-')
+            .and_then(|(_, to)| crate::timefmt::parse_compact(to))
+        {
+            last = last.max(Some(to));
+        }
+    }
+    Ok(last)
 }

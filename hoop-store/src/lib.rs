@@ -15,6 +15,7 @@
 pub mod block;
 pub mod chain;
 pub mod cli;
+pub mod console;
 pub mod dump;
 pub mod filter;
 mod index;
@@ -31,8 +32,9 @@ pub use cli::{
     DumpArgs, PolicyArgs, QueryArgs, ReplayArgs, ReportArgs, VerifyArgs, run_dump, run_policy,
     run_query, run_replay, run_report, run_verify,
 };
+pub use console::{Console, FrameConsole, LocalConsole, apply_frames};
 pub use dump::{CloudTrailOptions, RotatingDumper, dump_rotating};
 pub use filter::Filter;
 pub use mask::{MaskConfig, MaskRule, Masker};
 pub use query::{Session, query, replay};
-pub use store::{RetentionStats, Stats, Store, StoreConfig, StoreError, StoredEvent};
+pub use store::{Predecessor, RetentionStats, Stats, Store, StoreConfig, StoreError, StoredEvent};

@@ -22,24 +22,46 @@ fn index_keys(store: &Store, field: Field, pat: &str, lo: u64, hi: u64, span: u6
             }
         });
     };
+    // Posting lists of one value in the window: index keys are `value 0x00 batch_key`, so
+    // the batches of a value are contiguous and time-ordered; a seek skips the older ones.
+    let from = make_key(lo.saturating_sub(span), 0);
+    let value_in_window = |value: &str, take: &mut dyn FnMut(&[u8])| {
+        let start = index::index_key(value, &from);
+        let stem = &start[..start.len() - index::KEY_LEN];
+        for (k, v) in t.range(start.clone()..).filter_map(|r| r.ok()) {
+            match k.strip_prefix(stem) {
+                Some(batch) if key_time(batch) <= hi => take(&v),
+                _ => break,
+            }
+        }
+    };
     if is_glob(pat) {
+        // Visit each distinct value under the glob's literal prefix once, seeking past the
+        // rest of its entries, so the cost follows the values and the time window, not the
+        // retention period.
         let mut prefix = Vec::new();
         index::escape(literal_prefix(pat), &mut prefix);
-        for (k, v) in t.scan_prefix(&prefix).filter_map(|r| r.ok()) {
-            let Some((val, batch)) = split_index_key(&k) else {
+        let mut cur = prefix.clone();
+        while let Some(Ok((k, _))) = t.range(cur.clone()..).next() {
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let Some((val, _)) = split_index_key(&k) else {
+                cur = k.to_vec();
+                cur.push(0);
                 continue;
             };
-            if key_time(batch) > hi || !glob_match(pat, &index::unescape(val)) {
-                continue;
+            // Past every key of this value: `val 0x00 ff..ff`.
+            cur = val.to_vec();
+            cur.push(0);
+            cur.extend_from_slice(&[0xff; index::KEY_LEN + 1]);
+            let value = index::unescape(val);
+            if glob_match(pat, &value) {
+                value_in_window(&value, &mut take);
             }
-            take(&v);
         }
     } else {
-        let start = index::index_key(pat, &make_key(lo.saturating_sub(span), 0));
-        let end = index::index_key(pat, &make_key(hi, u64::MAX));
-        for (_, v) in t.range(start..=end).filter_map(|r| r.ok()) {
-            take(&v);
-        }
+        value_in_window(pat, &mut take);
     }
     out.sort_unstable();
     out.dedup();
@@ -117,6 +139,17 @@ pub fn query(store: &Store, f: &Filter) -> Result<Vec<StoredEvent>, StoreError> 
 pub fn for_each(
     store: &Store,
     f: &Filter,
+    visit: impl FnMut(StoredEvent) -> bool,
+) -> Result<(), StoreError> {
+    for_each_sized(store, f, None, visit)
+}
+
+/// Like [`for_each`], first telling `total` (when given) how many candidates it will check:
+/// an upper bound on the matches, for a progress bar.
+pub fn for_each_sized(
+    store: &Store,
+    f: &Filter,
+    mut total: Option<&mut dyn FnMut(u64)>,
     mut visit: impl FnMut(StoredEvent) -> bool,
 ) -> Result<(), StoreError> {
     if f.limit == Some(0) {
@@ -176,6 +209,9 @@ pub fn for_each(
                 keys.extend(tail.into_iter().filter(|k| *k >= lo_key && *k <= hi_key));
                 keys.sort_unstable();
                 keys.dedup();
+                if let Some(t) = total.as_mut() {
+                    t(keys.len() as u64);
+                }
                 // The decoded block holding the previous key: (first key, last key, events).
                 let mut cur: Option<(Key, Key, Vec<RawEvent>)> = None;
                 for k in keys {
@@ -200,6 +236,19 @@ pub fn for_each(
             }
         }
         _ => {}
+    }
+    if let Some(t) = total.as_mut() {
+        // Counting reads only the blocks' tables, not their compressed records.
+        let mut n = 0u64;
+        for (_, v) in store.blocks(lo_key, hi_bound) {
+            if let Some(b) = BlockView::parse(&v) {
+                n += b
+                    .entries()
+                    .filter(|e| e.key >= lo_key && e.key <= hi_key)
+                    .count() as u64;
+            }
+        }
+        t(n);
     }
     for (_, v) in store.blocks(lo_key, hi_bound) {
         let Some(evs) = BlockView::parse(&v).and_then(|b| b.events()) else {

@@ -36,9 +36,6 @@ pub struct StoreConfig {
     pub retention_interval: Duration,
     /// sled page cache size.
     pub cache_bytes: u64,
-    /// Before opening read-write, open a copy first, so a corrupt directory is reported and
-    /// left untouched (sled rewrites files when it opens them).
-    pub validate_copy: bool,
     /// Verify the whole chain at open (the unflushed tail is always verified).
     pub verify_on_open: bool,
 }
@@ -52,7 +49,6 @@ impl Default for StoreConfig {
             max_bytes: None,
             retention_interval: Duration::from_secs(60),
             cache_bytes: 256 << 20,
-            validate_copy: true,
             verify_on_open: false,
         }
     }
@@ -219,6 +215,30 @@ mod meta {
     pub const MAX_SPAN: &[u8] = b"max_span";
     pub const MAX_SKEW: &[u8] = b"max_skew";
     pub const CLEAN: &[u8] = b"clean";
+    pub const PREDECESSOR: &[u8] = b"predecessor";
+}
+
+/// The chain head after the last flush, outside sled: what a replacement store continues
+/// from when sled cannot open this one.
+const HEAD_FILE: &str = "HEAD";
+
+/// A damaged store that this one replaced.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Predecessor {
+    /// Where the damaged store was moved.
+    pub path: String,
+    pub reason: String,
+    /// Its last recorded chain head (hex), where this store's chain starts.
+    pub head: Option<String>,
+    /// Its next sequence number.
+    pub seq: Option<u64>,
+}
+
+fn parse_head_file(s: &str) -> Option<(u64, Hash)> {
+    let mut it = s.split_whitespace();
+    let seq = it.next()?.parse().ok()?;
+    let h = hex::decode(it.next()?).ok()?;
+    Some((seq, h.try_into().ok()?))
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -336,6 +356,68 @@ fn open_sled(dir: &Path, sled_dir: &Path, cfg: &StoreConfig) -> Result<Trees> {
     })
 }
 
+/// Snapshot files (`snap.<lsn>` and unfinished `snap.<lsn>.generating`) in a sled directory.
+fn snapshot_files(sled_dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(sled_dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("snap."))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Move a file into `<store>/quarantine/` (kept for inspection, out of sled's sight).
+fn quarantine(dir: &Path, file: &Path) -> Result<()> {
+    let q = dir.join("quarantine");
+    fs::create_dir_all(&q)?;
+    let name = file.file_name().unwrap_or_default().to_string_lossy();
+    let to = q.join(format!(
+        "{}.{name}",
+        crate::timefmt::compact(crate::timefmt::now_ns())
+    ));
+    fs::rename(file, &to)?;
+    tracing::warn!(file = %file.display(), moved_to = %to.display(), "sled snapshot quarantined");
+    Ok(())
+}
+
+/// Open sled for writing, working around sled 0.34's known failure after an abrupt stop: a
+/// snapshot file cut short (a `snap.*.generating` that was never renamed, which sled still
+/// picks as the newest snapshot, or an empty/corrupt `snap.*`) makes every later open fail
+/// with `Corruption` (spacejam/sled#1527, #1533, #1166). Snapshots are only a shortcut over
+/// the log: without them sled replays its log segments. So unfinished snapshots are set
+/// aside before opening, and on a corruption error the newest snapshot is set aside and the
+/// open retried; the caller then checks hoop's own records.
+fn open_sled_guarded(dir: &Path, sled_dir: &Path, cfg: &StoreConfig) -> Result<Trees> {
+    for f in snapshot_files(sled_dir) {
+        if f.to_string_lossy().ends_with(".generating") {
+            quarantine(dir, &f)?;
+        }
+    }
+    loop {
+        match open_sled(dir, sled_dir, cfg) {
+            Err(StoreError::Corrupt { detail, .. }) => {
+                let Some(newest) = snapshot_files(sled_dir).pop() else {
+                    return Err(StoreError::Corrupt {
+                        path: dir.to_path_buf(),
+                        detail,
+                    });
+                };
+                tracing::warn!(path = %dir.display(), "sled cannot open the store ({detail}); retrying without its newest snapshot");
+                quarantine(dir, &newest)?;
+            }
+            other => return other,
+        }
+    }
+}
+
 fn check_format(dir: &Path, t: &Trees) -> Result<()> {
     match t.meta.get(meta::FORMAT)? {
         Some(v) if v.as_ref() == FORMAT.to_string().as_bytes() => Ok(()),
@@ -409,18 +491,15 @@ impl Store {
         let dir = dir.as_ref();
         let existing = check_marker(dir)?;
         let sled_dir = dir.join("sled");
-        if existing && sled_dir.exists() && cfg.validate_copy {
-            // Dropped at once: only proves sled and our meta open cleanly.
-            let (tmp, trees) = validated_copy(dir, &sled_dir, &cfg)?;
-            drop(trees);
-            drop(tmp);
-        }
         if !existing {
             fs::create_dir_all(dir)?;
             fs::write(dir.join(MARKER), format!("{MARKER_PREFIX}{FORMAT}\n"))?;
         }
-        let trees = open_sled(dir, &sled_dir, &cfg)?;
-        if trees.meta.get(meta::FORMAT)?.is_none() && trees.log.is_empty() {
+        // A store whose database existed must already carry hoop's format record (sled
+        // creates an empty database over empty files).
+        let had_db = fs::metadata(sled_dir.join("db")).is_ok();
+        let trees = open_sled_guarded(dir, &sled_dir, &cfg)?;
+        if !had_db && trees.meta.get(meta::FORMAT)?.is_none() && trees.log.is_empty() {
             trees
                 .meta
                 .insert(meta::FORMAT, FORMAT.to_string().as_bytes())?;
@@ -460,6 +539,70 @@ impl Store {
             flusher: Mutex::new(Some(flusher)),
             _copy: None,
         })
+    }
+
+    /// Like [`Store::open`], but a store that cannot be opened (sled reports corruption, or
+    /// hoop's own records do not hold together) does not stop auditing: it is moved aside to
+    /// `<dir>.damaged-<time>` as evidence and a new store starts whose chain continues from
+    /// the old store's last recorded head (the `HEAD` file, written after every flush).
+    /// A foreign directory or another format is still an error, and nothing is touched.
+    pub fn open_or_recover(
+        dir: impl AsRef<Path>,
+        cfg: StoreConfig,
+    ) -> Result<(Store, Option<Predecessor>)> {
+        let dir = dir.as_ref();
+        let detail = match Store::open(dir, cfg.clone()) {
+            Ok(s) => return Ok((s, None)),
+            Err(StoreError::Corrupt { detail, .. }) => detail,
+            Err(e) => return Err(e),
+        };
+        let head = fs::read_to_string(dir.join(HEAD_FILE)).ok();
+        let (seq, head) = head
+            .as_deref()
+            .and_then(parse_head_file)
+            .map_or((None, None), |(s, h)| (Some(s), Some(h)));
+        let aside = PathBuf::from(format!(
+            "{}.damaged-{}",
+            dir.display(),
+            crate::timefmt::compact(crate::timefmt::now_ns())
+        ));
+        fs::rename(dir, &aside)?;
+        let pred = Predecessor {
+            path: aside.display().to_string(),
+            reason: detail,
+            head: head.map(hex::encode),
+            seq,
+        };
+        tracing::error!(
+            damaged = %pred.path,
+            reason = %pred.reason,
+            old_head = pred.head.as_deref().unwrap_or("unknown"),
+            "AUDIT STORE DAMAGED: moved aside; a new store continues its chain from the old head. Keep the damaged copy as evidence."
+        );
+        let store = Store::open(dir, cfg)?;
+        {
+            let t = &store.inner.trees;
+            let mut b = sled::Batch::default();
+            if let Some(h) = head {
+                b.insert(meta::HEAD, &h[..]);
+                b.insert(meta::ANCHOR, &h[..]);
+            }
+            if let Some(sq) = seq {
+                b.insert(meta::SEQ, &sq.to_be_bytes()[..]);
+            }
+            b.insert(meta::PREDECESSOR, serde_json::to_vec(&pred)?);
+            t.meta.apply_batch(b)?;
+            t.db.flush()?;
+            let mut st = lock(&store.inner.state);
+            if let Some(h) = head {
+                st.head = h;
+            }
+            if let Some(sq) = seq {
+                st.seq = sq;
+            }
+        }
+        store.inner.write_head_file();
+        Ok((store, Some(pred)))
     }
 
     /// Open for reading without writing a byte to `dir`: sled rewrites files whenever it
@@ -565,7 +708,9 @@ impl Store {
         self.shutdown()
     }
 
-    fn shutdown(&self) -> Result<()> {
+    /// [`Store::close`] for a shared store (the agent's API and dump thread hold it too):
+    /// later appends fail with [`StoreError::Closed`]; reads still work.
+    pub fn shutdown(&self) -> Result<()> {
         if self.inner.read_only {
             return Ok(());
         }
@@ -631,7 +776,15 @@ impl Store {
     /// Walk the whole chain.
     pub fn verify(&self) -> chain::VerifyReport {
         self.inner.sync_pending();
-        self.inner.verify()
+        let mut r = self.inner.verify();
+        r.predecessor = self.predecessor();
+        r
+    }
+
+    /// The damaged store this one replaced, if any (see [`Store::open_or_recover`]).
+    pub fn predecessor(&self) -> Option<Predecessor> {
+        let v = self.inner.trees.meta.get(meta::PREDECESSOR).ok()??;
+        serde_json::from_slice(&v).ok()
     }
 
     pub(crate) fn trees(&self) -> &Trees {
@@ -808,9 +961,30 @@ impl Inner {
             st.written
         };
         self.trees.db.flush()?;
-        let mut st = lock(&self.state);
-        st.durable = st.durable.max(written);
-        Ok(st.durable)
+        let durable = {
+            let mut st = lock(&self.state);
+            st.durable = st.durable.max(written);
+            st.durable
+        };
+        self.write_head_file();
+        Ok(durable)
+    }
+
+    /// Record the durable chain head outside sled (see [`HEAD_FILE`]); best effort.
+    fn write_head_file(&self) {
+        let (seq, head) = match self.trees.meta.get(meta::HEAD) {
+            Ok(Some(h)) => (get_u64(&self.trees.meta, meta::SEQ).unwrap_or(0), h),
+            _ => return,
+        };
+        let text = format!("{seq} {}\n", hex::encode(&head));
+        let path = self.path.join(HEAD_FILE);
+        if fs::read_to_string(&path).is_ok_and(|t| t == text) {
+            return;
+        }
+        let tmp = self.path.join(format!(".{HEAD_FILE}.tmp"));
+        if let Err(e) = fs::write(&tmp, &text).and_then(|_| fs::rename(&tmp, &path)) {
+            tracing::warn!("writing {}: {e}", path.display());
+        }
     }
 
     /// Make pending events visible to readers in this process (no fsync).

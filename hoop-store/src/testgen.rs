@@ -10,6 +10,10 @@ pub const SECRET_ACCESS_KEY: &str = "wJalrXUtnFEMIK7MDENGbPxRfiCYPLANTEDKEY01";
 pub const SESSION_TOKEN: &str = "IQoJb3JpZ2luX2VjEPLANTEDsessionTOKENvalue0123456789abcdefABCDEF";
 pub const SIGNATURE: &str = "5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7";
 pub const SSM_VALUE: &str = "PLANTED-ssm-decrypted-value";
+/// A KMS Decrypt plaintext (base64, as the API returns it).
+pub const KMS_PLAINTEXT: &str = "UExBTlRFRC1rbXMtcGxhaW50ZXh0LWRhdGEta2V5";
+pub const LAMBDA_ENV_VALUE: &str = "PLANTED-lambda-env-DB_PASSWORD-hunter2";
+pub const OBJECT_BODY: &str = "PLANTED-object-body-quarterly-numbers";
 
 /// (service, operation, action, read_only, resource template; `{n}` = small number)
 pub const CALLS: &[(&str, &str, &str, bool, &str)] = &[
@@ -240,6 +244,15 @@ impl Gen {
                 }
                 "sts" => {
                     elements = json!({"Credentials": {"AccessKeyId": "ASIAPLANTED", "SecretAccessKey": SECRET_ACCESS_KEY, "SessionToken": SESSION_TOKEN}})
+                }
+                "kms" => {
+                    elements = json!({"KeyId": format!("k-{n}"), "Plaintext": KMS_PLAINTEXT, "EncryptionAlgorithm": "SYMMETRIC_DEFAULT"})
+                }
+                "lambda" => {
+                    elements = json!({"Configuration": {"FunctionName": format!("fn-{n}"), "Environment": {"Variables": {"DB_PASSWORD": LAMBDA_ENV_VALUE}}}})
+                }
+                "s3" => {
+                    params = json!({"Bucket": format!("data-{n}"), "Key": format!("k{m}"), "Body": OBJECT_BODY});
                 }
                 "ssm" => {
                     params = json!({"Name": format!("/app/{n}"), "WithDecryption": true});

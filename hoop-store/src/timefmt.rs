@@ -82,8 +82,14 @@ pub fn rfc3339_secs(ns: u64) -> String {
 /// Compact UTC stamp for file names: `20261125T180000Z`.
 pub fn compact(ns: u64) -> String {
     let dt = to_dt(ns);
+    let frac = ns % 1_000_000_000;
+    let frac = if frac == 0 {
+        String::new()
+    } else {
+        format!(".{frac:09}")
+    };
     format!(
-        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        "{:04}{:02}{:02}T{:02}{:02}{:02}{frac}Z",
         dt.year(),
         u8::from(dt.month()),
         dt.day(),
@@ -91,6 +97,35 @@ pub fn compact(ns: u64) -> String {
         dt.minute(),
         dt.second()
     )
+}
+
+/// Inverse of [`compact`].
+pub fn parse_compact(s: &str) -> Option<u64> {
+    let b = s.strip_suffix('Z')?;
+    let (main, frac) = b.split_once('.').unwrap_or((b, ""));
+    if main.len() != 15 || main.as_bytes()[8] != b'T' {
+        return None;
+    }
+    let rfc = format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        &main[..4],
+        &main[4..6],
+        &main[6..8],
+        &main[9..11],
+        &main[11..13],
+        &main[13..15]
+    );
+    let secs = OffsetDateTime::parse(&rfc, &Rfc3339)
+        .ok()?
+        .unix_timestamp_nanos();
+    let frac: u64 = if frac.is_empty() {
+        0
+    } else if frac.len() == 9 {
+        frac.parse().ok()?
+    } else {
+        return None;
+    };
+    u64::try_from(secs).ok()?.checked_add(frac)
 }
 
 #[cfg(test)]
@@ -108,5 +143,13 @@ mod tests {
         assert!(parse_time("99999999999999999999d", now).is_err());
         assert_eq!(rfc3339_secs(1_000_000_000), "1970-01-01T00:00:01Z");
         assert_eq!(compact(0), "19700101T000000Z");
+        let t = 1_795_000_000_123_456_789;
+        assert_eq!(compact(t), "20261118T110640.123456789Z");
+        assert_eq!(parse_compact(&compact(t)), Some(t));
+        assert_eq!(
+            parse_compact("20261118T110640Z"),
+            Some(1_795_000_000_000_000_000)
+        );
+        assert_eq!(parse_compact("2026-10-20"), None);
     }
 }

@@ -4,7 +4,10 @@ use hoop_event::*;
 use hoop_store::cli::{FilterArgs, ReportFormat};
 use hoop_store::dump::{DumpFormat, cloudtrail_record};
 use hoop_store::report::{self, policy_document};
-use hoop_store::{DumpArgs, Filter, PolicyArgs, ReportArgs, Store, query};
+use hoop_store::{
+    DumpArgs, Filter, FrameConsole, LocalConsole, PolicyArgs, ReportArgs, Store, apply_frames,
+    query,
+};
 use serde_json::{Value, json};
 use std::io::Read;
 
@@ -372,7 +375,7 @@ fn dumps_plain_gzip_and_rotating() {
         ..Default::default()
     };
     let mut msg = Vec::new();
-    hoop_store::run_dump(&s, &args, &mut msg).expect("dump");
+    hoop_store::run_dump(&s, &args, &mut LocalConsole::new(&mut msg, false)).expect("dump");
     let mut text = String::new();
     flate2::read::GzDecoder::new(std::fs::File::open(&path).expect("open"))
         .read_to_string(&mut text)
@@ -390,7 +393,7 @@ fn dumps_plain_gzip_and_rotating() {
         ..Default::default()
     };
     let mut out = Vec::new();
-    hoop_store::run_dump(&s, &args, &mut out).expect("dump");
+    hoop_store::run_dump(&s, &args, &mut LocalConsole::new(&mut out, false)).expect("dump");
     let lines: Vec<CallRecord> = String::from_utf8(out)
         .expect("utf8")
         .lines()
@@ -431,10 +434,101 @@ fn dumps_plain_gzip_and_rotating() {
     // Works on a read-only open too.
     let ro = Store::open_read_only(dir.path()).expect("ro");
     let mut out = Vec::new();
-    hoop_store::run_dump(&ro, &DumpArgs::default(), &mut out).expect("dump");
+    hoop_store::run_dump(
+        &ro,
+        &DumpArgs::default(),
+        &mut LocalConsole::new(&mut out, false),
+    )
+    .expect("dump");
     assert!(
         String::from_utf8(out)
             .expect("utf8")
             .starts_with("{\"Records\":[")
+    );
+}
+
+/// A command run in one process (the agent) for another (the reviewer): the output, files and
+/// errors arrive as frames over a socket; binary output survives and files are written by
+/// the receiving side.
+#[test]
+fn dump_through_frames() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = std::sync::Arc::new(store_with(dir.path(), &fixture()));
+    let out_dir = tempfile::tempdir().expect("tmp");
+    let run = |args: DumpArgs| -> (anyhow::Result<()>, Vec<u8>) {
+        let (a, b) = std::os::unix::net::UnixStream::pair().expect("pair");
+        let s = s.clone();
+        let agent = std::thread::spawn(move || {
+            let mut c = FrameConsole::new(Box::new(a));
+            let r = hoop_store::run_dump(&s, &args, &mut c);
+            let _ = c.end(&r);
+        });
+        let mut out = Vec::new();
+        let r = apply_frames(b, &mut LocalConsole::new(&mut out, false));
+        agent.join().expect("agent side");
+        (r, out)
+    };
+    let gz = DumpArgs {
+        gzip: true,
+        ..Default::default()
+    };
+    let (r, out) = run(gz);
+    r.expect("gzip dump through frames");
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&out[..])
+        .read_to_string(&mut text)
+        .expect("valid gzip on stdout");
+    let doc: Value = serde_json::from_str(&text).expect("cloudtrail json");
+    assert_eq!(doc["Records"].as_array().expect("records").len(), 8);
+    // -o: written on the receiving side.
+    let path = out_dir.path().join("t.jsonl");
+    let (r, out) = run(DumpArgs {
+        format: DumpFormat::Jsonl,
+        output: Some(path.clone()),
+        ..Default::default()
+    });
+    r.expect("dump -o");
+    assert_eq!(
+        String::from_utf8_lossy(&out).trim(),
+        format!("8 events written to {}", path.display())
+    );
+    let lines = std::fs::read_to_string(&path).expect("file");
+    assert_eq!(lines.lines().count(), 8);
+    // --rotate-dir: the named window file appears in the receiving side's directory.
+    let rot = out_dir.path().join("rot");
+    let (r, out) = run(DumpArgs {
+        rotate_dir: Some(rot.clone()),
+        node: Some("n".into()),
+        filter: FilterArgs {
+            since: Some("2026-11-25T00:00:00Z".into()),
+            until: Some("2026-11-25T01:00:00Z".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    r.expect("rotate-dir");
+    let p = rot.join("hoop-n-20261125T000000Z-20261125T010000Z.json.gz");
+    assert_eq!(
+        String::from_utf8_lossy(&out).trim(),
+        p.display().to_string()
+    );
+    assert!(p.exists());
+    // An error ends the stream as an error, and no partial file is left.
+    let (r, _) = run(DumpArgs {
+        output: Some(out_dir.path().join("no/such/dir/x.json")),
+        ..Default::default()
+    });
+    assert!(r.is_err());
+    let (r, _) = run(DumpArgs {
+        filter: FilterArgs {
+            since: Some("yesterday-ish".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    assert!(
+        r.expect_err("bad time")
+            .to_string()
+            .contains("yesterday-ish")
     );
 }

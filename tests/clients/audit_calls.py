@@ -3,6 +3,8 @@
   audit_calls.py            fixed mix: S3 (bucket, 3 puts, 2 gets, list), DynamoDB, STS,
                             SecretsManager with a planted secret value
   audit_calls.py --many N   N small calls as fast as it can (heavy ingest), then the count
+  audit_calls.py --secrets  planted secrets of other kinds: a KMS Decrypt plaintext, Lambda
+                            environment variables, an S3 object body
 """
 import json
 import os
@@ -33,6 +35,44 @@ if len(sys.argv) > 2 and sys.argv[1] == "--many":
             sts.get_caller_identity()
         done += 1
     print(json.dumps({"pid": os.getpid(), "calls": done}), flush=True)
+    sys.exit(0)
+
+if len(sys.argv) > 1 and sys.argv[1] == "--secrets":
+    import base64
+    import io
+    import zipfile
+    planted = {
+        "kms_plaintext": "PLANTED-kms-" + uuid.uuid4().hex,
+        "lambda_env": "PLANTED-lambda-" + uuid.uuid4().hex,
+        "object_body": "PLANTED-body-" + uuid.uuid4().hex,
+    }
+    kms = client("kms")
+    key = kms.create_key()["KeyMetadata"]["KeyId"]
+    blob = kms.encrypt(KeyId=key, Plaintext=planted["kms_plaintext"].encode())["CiphertextBlob"]
+    assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == planted["kms_plaintext"].encode()
+    iam = client("iam")
+    role = iam.create_role(
+        RoleName=f"hoop-audit-fn-{suffix}",
+        AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}),
+    )["Role"]["Arn"]
+    code = io.BytesIO()
+    with zipfile.ZipFile(code, "w") as z:
+        z.writestr("index.py", "def handler(e, c):\n    return 1\n")
+    lam = client("lambda")
+    fn = f"hoop-audit-fn-{suffix}"
+    lam.create_function(
+        FunctionName=fn, Runtime="python3.12", Role=role, Handler="index.handler",
+        Code={"ZipFile": code.getvalue()},
+        Environment={"Variables": {"DB_PASSWORD": planted["lambda_env"]}},
+    )
+    got = lam.get_function_configuration(FunctionName=fn)["Environment"]["Variables"]
+    assert got["DB_PASSWORD"] == planted["lambda_env"]
+    s3 = client("s3")
+    bucket = f"hoop-audit-{suffix}"
+    s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region})
+    s3.put_object(Bucket=bucket, Key="body.txt", Body=planted["object_body"].encode())
+    assert s3.get_object(Bucket=bucket, Key="body.txt")["Body"].read() == planted["object_body"].encode()
+    print(json.dumps({"pid": os.getpid(), **planted, "kms_plaintext_b64": base64.b64encode(planted["kms_plaintext"].encode()).decode()}))
     sys.exit(0)
 
 bucket = f"hoop-audit-{suffix}"

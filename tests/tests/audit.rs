@@ -734,3 +734,234 @@ fn rotating_dumps_hold_every_call_once() -> anyhow::Result<()> {
     agent.stop()?;
     Ok(())
 }
+
+/// Runs `hoop-agent ARGS` for this agent in `cwd`; returns (success, raw stdout, stderr).
+fn cli_in(agent: &Agent, cwd: &std::path::Path, args: &[&str]) -> (bool, Vec<u8>, String) {
+    let out = std::process::Command::new(agent_bin())
+        .current_dir(cwd)
+        .arg("--data-dir")
+        .arg(&agent.data_dir)
+        .arg("--api-socket")
+        .arg(&agent.api_socket)
+        .args(args)
+        .output()
+        .expect("run hoop-agent");
+    (
+        out.status.success(),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn gunzip(b: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(b)
+        .read_to_end(&mut out)
+        .expect("valid gzip");
+    out
+}
+
+#[test]
+fn dumps_through_the_agent_are_the_reviewers_bytes_and_files() -> anyhow::Result<()> {
+    let emu = Emulator::start()?;
+    let agent = Agent::start(&[])?;
+    let (pid, _) = fixed_mix(&emu)?;
+    assert_eq!(wait_stored(&agent, pid, 12).len(), 12);
+    assert!(agent.api_socket.exists(), "the agent's API is up");
+    let p = pid.to_string();
+    let base = ["--since", "10m", "--pid", &p, "--no-progress"];
+    // Binary output on stdout survives the API: a valid gzip of the CloudTrail document.
+    let mut a = vec!["dump", "--gzip"];
+    a.extend_from_slice(&base);
+    let (ok, out, err) = cli_in(&agent, agent.dir.path(), &a);
+    assert!(ok, "{err}");
+    let doc: Value = serde_json::from_slice(&gunzip(&out))?;
+    assert_eq!(doc["Records"].as_array().map(Vec::len), Some(12));
+    // -o and --rotate-dir are the reviewer's paths, relative to the reviewer's directory.
+    let cwd = TempDir::new("reviewer")?;
+    let mut a = vec![
+        "dump",
+        "--gzip",
+        "--format",
+        "jsonl",
+        "-o",
+        "out/trail.jsonl.gz",
+    ];
+    a.extend_from_slice(&base);
+    std::fs::create_dir(cwd.path().join("out"))?;
+    let (ok, out, err) = cli_in(&agent, cwd.path(), &a);
+    assert!(ok, "{err}");
+    assert_eq!(
+        String::from_utf8_lossy(&out).trim(),
+        "12 events written to out/trail.jsonl.gz"
+    );
+    let file = std::fs::read(cwd.path().join("out/trail.jsonl.gz"))?;
+    let lines = jsonl(&String::from_utf8(gunzip(&file))?);
+    assert_eq!(lines.len(), 12);
+    assert!(lines.iter().all(|r| r["process"]["pid"] == pid));
+    let mut a = vec!["dump", "--rotate-dir", "rot", "--node", "n1"];
+    a.extend_from_slice(&base);
+    let (ok, out, err) = cli_in(&agent, cwd.path(), &a);
+    assert!(ok, "{err}");
+    let name = String::from_utf8_lossy(&out).trim().to_string();
+    assert!(name.starts_with("rot/hoop-n1-"), "{name}");
+    let doc: Value = serde_json::from_slice(&gunzip(&std::fs::read(cwd.path().join(&name))?))?;
+    assert!(doc["Records"].as_array().is_some_and(|r| r.len() >= 12));
+    // Nothing of it landed in the agent's directory.
+    assert!(!agent.dir.path().join("out").exists() && !agent.dir.path().join("rot").exists());
+    // A bad -o is the reviewer's error, and no partial file is left.
+    let mut a = vec!["dump", "-o", "missing/dir/x.json"];
+    a.extend_from_slice(&base);
+    let (ok, _, err) = cli_in(&agent, cwd.path(), &a);
+    assert!(!ok && err.contains("missing/dir"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn planted_kms_lambda_and_object_body_never_reach_the_disk() -> anyhow::Result<()> {
+    let emu = Emulator::start()?;
+    let mut agent = Agent::start(&[])?;
+    let mut cmd = python();
+    cmd.arg(client_script("audit_calls.py")).arg("--secrets");
+    emu.client_env(&mut cmd);
+    let (pid, out) = run_client(cmd)?;
+    let info: Value = serde_json::from_str(out.trim())?;
+    let recs = agent.wait_records(pid, WAIT, |r| {
+        ["Decrypt", "GetFunctionConfiguration", "GetObject"]
+            .iter()
+            .all(|op| r.iter().any(|x| x["aws"]["operation"] == *op))
+    });
+    let stored = wait_stored(&agent, pid, recs.len());
+    eprintln!("{} calls stored: {:?}", stored.len(), ops(&stored));
+    for op in [
+        "Decrypt",
+        "CreateFunction",
+        "GetFunctionConfiguration",
+        "PutObject",
+        "GetObject",
+    ] {
+        assert!(
+            stored.iter().any(|r| r["aws"]["operation"] == op),
+            "{op} is stored: {:?}",
+            ops(&stored)
+        );
+    }
+    agent.stop()?;
+    let bytes = stored_bytes(&agent.data_dir);
+    for k in [
+        "kms_plaintext",
+        "kms_plaintext_b64",
+        "lambda_env",
+        "object_body",
+    ] {
+        let v = info[k].as_str().unwrap_or_default();
+        assert!(v.len() > 10, "{k}");
+        assert!(
+            find_bytes(&bytes, v.as_bytes()).is_none(),
+            "planted {k} found in the data directory"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn restart_closes_cleanly_and_rotating_dumps_continue_exactly() -> anyhow::Result<()> {
+    let emu = Emulator::start()?;
+    let cfg_dir = TempDir::new("dumpcfg")?;
+    let dumps = cfg_dir.path().join("dumps");
+    let cfg = cfg_dir.path().join("config.yaml");
+    // Windows longer than the test, so only the final window at shutdown writes a file.
+    std::fs::write(
+        &cfg,
+        format!(
+            "store:\n  dump_dir: {}\n  dump_every: 1h\ncapture:\n  response_timeout_secs: 2\n",
+            dumps.display()
+        ),
+    )?;
+    let args = ["--config", cfg.to_str().unwrap_or_default()];
+    let mut agent = Agent::start(&args)?;
+    let (pid1, _) = fixed_mix(&emu)?;
+    assert_eq!(wait_stored(&agent, pid1, 12).len(), 12);
+    agent.stop()?;
+    assert!(
+        agent.log_contains("final rotating audit dump written"),
+        "the last window is written at shutdown"
+    );
+    agent.restart(&args)?;
+    assert!(
+        !agent.log_contains("not closed cleanly"),
+        "a SIGTERM stop closes the store cleanly"
+    );
+    assert!(agent.log_contains("rotating dumps continue after the newest file"));
+    let (pid2, _) = fixed_mix(&emu)?;
+    assert_eq!(wait_stored(&agent, pid2, 12).len(), 12);
+    agent.stop()?;
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut files = 0;
+    for (path, bytes) in files_under(&dumps) {
+        if !path.to_string_lossy().ends_with(".json.gz") {
+            continue;
+        }
+        files += 1;
+        let v: Value = serde_json::from_slice(&gunzip(&bytes))?;
+        for c in v["Records"].as_array().into_iter().flatten() {
+            let p = &c["additionalEventData"]["hoop"]["process"]["pid"];
+            if *p == pid1 || *p == pid2 {
+                *seen
+                    .entry(c["requestID"].as_str().unwrap_or_default().into())
+                    .or_default() += 1;
+            }
+        }
+    }
+    assert_eq!(files, 2, "one final window per run");
+    assert_eq!(seen.len(), 24, "every call of both runs is dumped");
+    assert!(seen.values().all(|n| *n == 1), "no call in two windows");
+    Ok(())
+}
+
+#[test]
+fn foreign_data_dir_is_refused_untouched_and_a_damaged_store_is_replaced() -> anyhow::Result<()> {
+    // A foreign directory: refused, nothing written (no mask.key, no store/).
+    let foreign = TempDir::new("foreign")?;
+    std::fs::write(foreign.path().join("notes.txt"), b"someone else's")?;
+    let before = files_under(foreign.path());
+    let out = std::process::Command::new(agent_bin())
+        .arg("--data-dir")
+        .arg(foreign.path())
+        .arg("--api-socket")
+        .arg(foreign.path().join("api.sock"))
+        .args(["run", "--no-stdout", "--metrics-addr", "127.0.0.1:0"])
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "run refuses a foreign data dir");
+    assert!(err.contains("holds no hoop store"), "{err}");
+    assert_eq!(files_under(foreign.path()), before, "nothing written");
+    assert!(std::fs::read_dir(foreign.path())?.count() == 1);
+
+    // A store sled cannot open: moved aside, a new store continues the chain, loudly.
+    let emu = Emulator::start()?;
+    let mut agent = Agent::start(&[])?;
+    let (pid, _) = fixed_mix(&emu)?;
+    assert_eq!(wait_stored(&agent, pid, 12).len(), 12);
+    agent.stop()?;
+    let v: Value = serde_json::from_str(cli_ok(&agent, &["verify", "--json"]).trim())?;
+    let old_head = v["head"].as_str().unwrap_or_default().to_string();
+    let db = agent.data_dir.join("store/sled/db");
+    let len = std::fs::metadata(&db)?.len() as usize;
+    std::fs::write(&db, vec![0xA5u8; len])?;
+    agent.restart(&[])?;
+    assert!(agent.log_contains("AUDIT STORE DAMAGED"), "said loudly");
+    let (pid2, _) = fixed_mix(&emu)?;
+    assert_eq!(wait_stored(&agent, pid2, 12).len(), 12, "auditing goes on");
+    let v: Value = serde_json::from_str(cli_ok(&agent, &["verify", "--json"]).trim())?;
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["predecessor"]["head"], old_head.as_str(), "{v}");
+    let damaged = v["predecessor"]["path"].as_str().unwrap_or_default();
+    assert!(
+        std::path::Path::new(damaged).join("sled/db").exists(),
+        "{damaged} kept"
+    );
+    agent.stop()?;
+    Ok(())
+}
