@@ -938,6 +938,20 @@ fn foreign_data_dir_is_refused_untouched_and_a_damaged_store_is_replaced() -> an
     assert!(err.contains("holds no hoop store"), "{err}");
     assert_eq!(files_under(foreign.path()), before, "nothing written");
     assert!(std::fs::read_dir(foreign.path())?.count() == 1);
+    // The reviewer commands on it (no agent): a clear error, nothing written either.
+    let out = std::process::Command::new(agent_bin())
+        .arg("--data-dir")
+        .arg(foreign.path())
+        .arg("--api-socket")
+        .arg(foreign.path().join("api.sock"))
+        .args(["query", "--since", "1h"])
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no hoop store"),
+        "{err}"
+    );
+    assert_eq!(files_under(foreign.path()), before, "query wrote nothing");
 
     // A store sled cannot open: moved aside, a new store continues the chain, loudly.
     let emu = Emulator::start()?;
