@@ -977,5 +977,21 @@ fn foreign_data_dir_is_refused_untouched_and_a_damaged_store_is_replaced() -> an
         "{damaged} kept"
     );
     agent.stop()?;
+    // A corrupt mask key: refused before the store is opened, nothing written.
+    std::fs::write(agent.data_dir.join("mask.key"), b"short")?;
+    let before = files_under(&agent.data_dir);
+    assert!(
+        agent.restart(&[]).is_err(),
+        "run refuses a corrupt mask.key"
+    );
+    let start = Instant::now();
+    while !agent.log_contains("mask.key") && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        agent.log_contains("mask.key"),
+        "the error names the key file"
+    );
+    assert!(files_under(&agent.data_dir) == before, "nothing written");
     Ok(())
 }
