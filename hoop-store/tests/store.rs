@@ -172,6 +172,24 @@ fn queries_by_each_filter() {
             }),
         ),
         (
+            // A glob bounded by a window: each value's posting lists are read from the
+            // window's start (a seek), not over the whole retention.
+            Filter {
+                resource: Some("arn:aws:s3:::data-*".into()),
+                since: Some(BASE + 20_000 * SEC),
+                until: Some(BASE + 30_000 * SEC),
+                ..Default::default()
+            },
+            expect(&all, |r| {
+                r.aws
+                    .resources
+                    .iter()
+                    .any(|a| glob_match("arn:aws:s3:::data-*", a))
+                    && r.time_ns >= BASE + 20_000 * SEC
+                    && r.time_ns <= BASE + 30_000 * SEC
+            }),
+        ),
+        (
             Filter {
                 identity: Some(id.clone()),
                 action: Some("s3:*".into()),
