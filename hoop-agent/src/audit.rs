@@ -352,14 +352,16 @@ pub fn run_cli(
     let stdout = std::io::stdout();
     let mut console = LocalConsole::new(stdout.lock(), command.progress());
     if api_socket.exists() {
-        match open_stream(api_socket, argv) {
-            Ok(answer) => {
+        match std::os::unix::net::UnixStream::connect(api_socket) {
+            Ok(sock) => {
+                // The agent answers: its answer (or refusal) is final.
+                let answer = send_command(sock, argv)?;
                 let r = hoop_store::apply_frames(answer, &mut console);
                 console.finish()?;
                 return r;
             }
             Err(e) => {
-                tracing::debug!("agent API not answering ({e:#}); opening the store directly")
+                tracing::debug!("agent API not answering ({e}); opening the store directly")
             }
         }
     }
@@ -371,10 +373,11 @@ pub fn run_cli(
 }
 
 /// Sends the command to the agent; returns the body of a 200 answer as a reader.
-fn open_stream(api_socket: &Path, argv: &[String]) -> Result<impl std::io::Read> {
+fn send_command(
+    mut s: std::os::unix::net::UnixStream,
+    argv: &[String],
+) -> Result<impl std::io::Read> {
     use std::io::{BufRead, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(api_socket)
-        .with_context(|| format!("connect to the agent at {}", api_socket.display()))?;
     let body = serde_json::json!({ "argv": argv }).to_string();
     write!(
         s,
