@@ -7,6 +7,9 @@
 //! - `sled/`: the sled database (trees `log`, `meta`, `batches`, `idx:<field>`). The `log`
 //!   holds compressed blocks of events with per-event chain links and report summaries
 //!   (see [`block`]).
+//! - `HEAD`: the chain head after the last flush, outside sled (a replacement store continues
+//!   from it when sled cannot open this one, see [`Store::open_or_recover`]).
+//! - `quarantine/`: sled snapshot files set aside after an abrupt stop.
 //!
 //! Writers call [`Store::open`], [`Store::append`] (after [`Masker::apply`]), and
 //! [`Store::close`]; readers use [`Store::open_read_only`] and the `run_*` functions in [`cli`].
