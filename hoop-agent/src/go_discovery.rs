@@ -15,6 +15,8 @@
 //! ordinary [`crate::discovery::Target`].
 
 use crate::discovery::Function;
+use crate::probe_site::go_entry_site;
+use iced_x86::Register;
 use object::{Object, ObjectSection, ObjectSymbol};
 use std::path::Path;
 
@@ -353,13 +355,19 @@ pub fn go_functions_in(data: &[u8]) -> Result<GoBinary, GoSkip> {
         section_offset: text.1,
         worker: false,
     };
-    // Entry probes on the stack-bound check's jbe rather than its (single-stepped) cmp.
-    let entry = |f: &PcFunc| {
-        read_at(&obj, f.entry, 16)
-            .and_then(|c| crate::probe_site::cheap_site(c, f.entry))
-            .unwrap_or(f.entry)
+    // Entry probes past the stack-bound check: an instruction up to its branch runs again
+    // when the stack grows (see probe_site::go_entry_site). Without a recognised check the
+    // entry itself runs once per call.
+    let entry = |f: &PcFunc, keep: &[Register]| {
+        let len = f.end.saturating_sub(f.entry).min(MAX_FUNC_LEN);
+        read_at(&obj, f.entry, len)
+            .and_then(|c| go_entry_site(c, f.entry, keep))
+            .map_or(f.entry, |e| e.site)
     };
-    let mut functions = vec![func(GO_WRITE, entry(write)), func(GO_READ, entry(read))];
+    // Write reads rax, rbx, rcx (conn, buffer, length); Read rax, rbx and r14 (g).
+    let write_site = entry(write, &[Register::RAX, Register::RBX, Register::RCX]);
+    let read_site = entry(read, &[Register::RAX, Register::RBX, Register::R14]);
+    let mut functions = vec![func(GO_WRITE, write_site), func(GO_READ, read_site)];
     functions.extend(rets.into_iter().map(|a| func(GO_READ_RET, a)));
     Ok(GoBinary {
         version,
@@ -607,6 +615,79 @@ mod tests {
                 .count()
                 >= 1
         );
+        entry_probes_run_once_per_call(&std::fs::read(dir.join("full")).expect("read"), &full);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Write and Read of a real binary: the entry probe lies past the stack check's branch to
+    /// morestack (which restarts the function from its entry), on an instruction the kernel
+    /// emulates, with the argument registers untouched on the way.
+    fn entry_probes_run_once_per_call(data: &[u8], found: &GoBinary) {
+        use iced_x86::{
+            Decoder, DecoderOptions, FlowControl, InstructionInfoFactory, Mnemonic, OpAccess,
+        };
+        let obj = object::File::parse(data).expect("elf");
+        for (name, keep) in [
+            (GO_WRITE, [Register::RAX, Register::RBX, Register::RCX]),
+            (GO_READ, [Register::RAX, Register::RBX, Register::R14]),
+        ] {
+            let sym = obj
+                .symbols()
+                .find(|s| s.name() == Ok(name))
+                .expect("symbol");
+            let (entry, size) = (sym.address(), sym.size());
+            let site = found
+                .functions
+                .iter()
+                .find(|f| f.name == name)
+                .expect("probed")
+                .address;
+            let code = read_at(&obj, entry, size).expect("code");
+            let mut d = Decoder::with_ip(64, code, entry, DecoderOptions::NONE);
+            let insns: Vec<_> = std::iter::from_fn(|| d.can_decode().then(|| d.decode())).collect();
+            let check = insns
+                .iter()
+                .position(|i| i.is_jcc_short_or_near())
+                .expect("stack check");
+            assert!(
+                site > insns[check].ip(),
+                "{name}: probe at {site:#x} before the check"
+            );
+            // The check's branch goes to code that jumps back to the entry.
+            let stub = insns[check].near_branch_target();
+            assert!(
+                insns
+                    .iter()
+                    .skip_while(|i| i.ip() != stub)
+                    .any(|i| i.mnemonic() == Mnemonic::Jmp && i.near_branch_target() == entry),
+                "{name}: morestack stub"
+            );
+            let at = insns.iter().position(|i| i.ip() == site).expect("site");
+            let s = &insns[at];
+            assert!(
+                matches!(s.mnemonic(), Mnemonic::Nop | Mnemonic::Push | Mnemonic::Jmp)
+                    || s.is_jcc_short_or_near(),
+                "{name}: {:?} is single-stepped",
+                s.mnemonic()
+            );
+            let mut info = InstructionInfoFactory::new();
+            for i in &insns[check + 1..at] {
+                assert_eq!(i.flow_control(), FlowControl::Next, "{name}: {:#x}", i.ip());
+                let clobbers = info.info(i).used_registers().iter().any(|u| {
+                    keep.contains(&u.register().full_register()) && u.access() != OpAccess::Read
+                });
+                assert!(!clobbers, "{name}: {:#x} writes an argument", i.ip());
+                assert!(
+                    !insns.iter().any(|b| b.flow_control() != FlowControl::Call
+                        && b.near_branch_target() == i.ip()),
+                    "{name}: {:#x} is a branch target",
+                    i.ip()
+                );
+            }
+            eprintln!(
+                "{name}: entry {entry:#x}, probe at {site:#x} ({:?})",
+                s.mnemonic()
+            );
+        }
     }
 }

@@ -281,3 +281,41 @@ fn curl_http2_is_parsed_as_http2() -> anyhow::Result<()> {
     assert!(!raw.contains(SECRET_ACCESS_KEY));
     agent.stop()
 }
+
+/// Every TLS write of these calls starts on a fresh goroutine at a different stack depth, so
+/// some of them grow the goroutine's stack in `crypto/tls.(*Conn).Write`'s own prologue; the
+/// runtime then restarts Write from its first instruction. A probe placed before the stack
+/// check would see those writes twice (a duplicated HTTP/1.1 request, a desynchronised HPACK
+/// table on HTTP/2). Each call must be recorded exactly once, over both protocols.
+#[test]
+fn go_write_restarted_by_stack_growth_is_captured_once() -> anyhow::Result<()> {
+    let bin = go_bin("sdkv2", false)?;
+    let emu = Emulator::start_h2()?;
+    let mut agent = Agent::start(&[])?;
+    attach(&agent, &bin)?;
+    const CALLS: usize = 600;
+    for (proto, http) in [("h1", "HTTP/1.1"), ("h2", "HTTP/2")] {
+        let (pid, out) = run_client(go_client(&bin, &emu, &["grow", proto, &CALLS.to_string()]))?;
+        let info: Value = serde_json::from_str(out.trim())?;
+        assert_eq!(info["calls"], CALLS, "{out}");
+        agent.wait_records(pid, Duration::from_secs(60), |r| r.len() >= CALLS);
+        std::thread::sleep(Duration::from_millis(500));
+        let recs = agent.records_of(pid);
+        let ok = recs
+            .iter()
+            .filter(|r| {
+                r["aws"]["operation"] == "ListBuckets"
+                    && r["connection"]["http"] == http
+                    && r["connection"]["tls"] == "go"
+                    && r["response"]["status"] == 200
+            })
+            .count();
+        assert_eq!(
+            (ok, recs.len()),
+            (CALLS, CALLS),
+            "{http}: {CALLS} calls whose writes grow the stack ({} writes)",
+            info["writes"]
+        );
+    }
+    agent.stop()
+}
