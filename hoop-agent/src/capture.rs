@@ -3,7 +3,9 @@
 
 use crate::h2::{H2Conn, Side};
 use crate::http::{self, Http1Stream, Kind, Message};
-use hoop_common::{DIR_READ, DIR_WRITE, FLAG_SKIPPED, SRC_OPENSSL, TLS_HEADER_LEN, TlsEventHeader};
+use hoop_common::{
+    DIR_READ, DIR_WRITE, FLAG_SKIPPED, SRC_GO, SRC_OPENSSL, TLS_HEADER_LEN, TlsEventHeader,
+};
 use std::collections::{HashMap, VecDeque};
 
 /// One TLS plaintext record decoded from the ring buffer.
@@ -123,6 +125,8 @@ pub struct CaptureStats {
     pub connections_evicted: u64,
     /// HTTP/2 connections given up (lost header bytes, bad framing or HPACK).
     pub h2_broken: u64,
+    /// Connections ended because their library object's address began a new connection.
+    pub reused_addresses: u64,
 }
 
 struct Pending {
@@ -224,6 +228,17 @@ impl Assembler {
             tgid: h.tgid,
             conn: h.conn,
         };
+        // The library object's address now carries a new connection: the old one is over.
+        if h.direction == DIR_WRITE
+            && h.offset == 0
+            && self
+                .conns
+                .get(&key)
+                .is_some_and(|c| starts_new_connection(c, h.source, r.data))
+        {
+            self.stats.reused_addresses += 1;
+            self.close_conn(key, out);
+        }
         if !self.conns.contains_key(&key) && self.conns.len() >= self.cfg.max_connections {
             self.evict_oldest(out);
         }
@@ -510,6 +525,39 @@ fn add(a: http::ParseStats, b: http::ParseStats) -> http::ParseStats {
     }
 }
 
+/// Does a write (at the start of a call) on an already tracked connection begin a new one?
+///
+/// Connections are keyed by the library's connection object (`SSL *`, `*tls.Conn`), whose
+/// address is reused once the old object is freed; Go has no hook for that (and OpenSSL's
+/// `SSL_free` probe only unmutes server connections in the kernel). A new connection shows
+/// itself by its first write:
+/// - the HTTP/2 client preface, which is only ever the first bytes of a connection;
+/// - a request line where the old connection did not speak HTTP/1.x (HTTP/2, a server, another
+///   protocol);
+/// - from Go, a request line while the previous request is still unanswered: Go's HTTP/1.1
+///   client never pipelines, so that request's connection ended without a response. (Other
+///   clients may pipeline: for them the old connection goes on.)
+fn starts_new_connection(conn: &Conn, source: u8, data: &[u8]) -> bool {
+    if data.starts_with(crate::h2::PREFACE) {
+        return conn.role != Role::Unknown;
+    }
+    // A whole method token and more: an h2 frame cannot begin like that (its 3-byte length
+    // would exceed any frame size a client allows).
+    if data.len() < 8 || !http::looks_like_request(data) {
+        return false;
+    }
+    match conn.role {
+        Role::Unknown => false,
+        Role::Http2 | Role::Server | Role::Other => true,
+        Role::Client => {
+            source == SRC_GO
+                && !conn.pending.is_empty()
+                && conn.requests.idle()
+                && conn.request_start.is_none()
+        }
+    }
+}
+
 /// The first bytes of a connection tell its role: a client writes requests and reads
 /// responses; a server reads requests and writes responses. HTTP/2 starts with its preface.
 fn detect_role(direction: u8, data: &[u8]) -> Role {
@@ -747,8 +795,76 @@ mod tests {
             &record(50, 9, DIR_WRITE, 1, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
             &mut out,
         );
-        a.push_bytes(&record(50, 9, DIR_WRITE, 2, REQ), &mut out);
+        // HTTP/1 text inside the h2 connection (not at the start of a write).
+        a.push_bytes(
+            &record_part(50, 9, DIR_WRITE, 2, REQ, 7, REQ.len() as u32 + 7, 0),
+            &mut out,
+        );
         a.flush_all(&mut out);
         assert!(out.is_empty());
+    }
+
+    fn go_record(conn: u64, dir: u8, ts: u64, data: &[u8]) -> Vec<u8> {
+        let mut r = record(60, conn, dir, ts, data);
+        r[std::mem::offset_of!(TlsEventHeader, source)] = SRC_GO;
+        r
+    }
+
+    /// A Go HTTP/1.1 request whose connection died unanswered, then a new connection at the
+    /// same `*tls.Conn` address: the new response belongs to the new request.
+    #[test]
+    fn go_reused_conn_address_starts_a_new_connection() {
+        let mut a = Assembler::new(CaptureConfig::default());
+        let mut out = Vec::new();
+        let first = b"POST /first HTTP/1.1\r\nContent-Length: 0\r\n\r\n";
+        a.push_bytes(&go_record(0xc000, DIR_WRITE, 1, first), &mut out);
+        a.push_bytes(&go_record(0xc000, DIR_WRITE, 2, REQ), &mut out);
+        a.push_bytes(&go_record(0xc000, DIR_READ, 3, RESP), &mut out);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(out[0].request.head.target, "/first");
+        assert!(out[0].response.is_none());
+        assert_eq!(out[1].request.head.target, "/bucket?list-type=2");
+        assert_eq!(out[1].response.as_ref().map(|r| r.head.status), Some(200));
+        assert_eq!(a.stats().reused_addresses, 1);
+
+        // HTTP/1.1 after HTTP/2 at the same address, and HTTP/2 after HTTP/1.1.
+        let mut a = Assembler::new(CaptureConfig::default());
+        let mut out = Vec::new();
+        a.push_bytes(
+            &go_record(0xd000, DIR_WRITE, 1, crate::h2::PREFACE),
+            &mut out,
+        );
+        a.push_bytes(&go_record(0xd000, DIR_WRITE, 2, REQ), &mut out);
+        a.push_bytes(&go_record(0xd000, DIR_READ, 3, RESP), &mut out);
+        assert_eq!(out.len(), 1);
+        assert!(!out[0].http2);
+        a.push_bytes(
+            &go_record(0xd000, DIR_WRITE, 4, crate::h2::PREFACE),
+            &mut out,
+        );
+        a.flush_all(&mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(a.stats().reused_addresses, 2);
+        assert_eq!(a.stats().h2_broken, 0);
+    }
+
+    /// Keep-alive and pipelined requests on one live connection are not mistaken for new
+    /// connections.
+    #[test]
+    fn keep_alive_and_pipelining_stay_one_connection() {
+        let mut a = Assembler::new(CaptureConfig::default());
+        let mut out = Vec::new();
+        for i in 0..3 {
+            a.push_bytes(&go_record(0xe000, DIR_WRITE, 10 * i, REQ), &mut out);
+            a.push_bytes(&go_record(0xe000, DIR_READ, 10 * i + 1, RESP), &mut out);
+        }
+        // An OpenSSL client pipelining two requests.
+        a.push_bytes(&record(61, 0xf000, DIR_WRITE, 1, REQ), &mut out);
+        a.push_bytes(&record(61, 0xf000, DIR_WRITE, 2, REQ), &mut out);
+        a.push_bytes(&record(61, 0xf000, DIR_READ, 3, RESP), &mut out);
+        a.push_bytes(&record(61, 0xf000, DIR_READ, 4, RESP), &mut out);
+        assert_eq!(out.len(), 5);
+        assert!(out.iter().all(|e| e.response.is_some()));
+        assert_eq!(a.stats().reused_addresses, 0);
     }
 }

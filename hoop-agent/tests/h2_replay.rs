@@ -2,7 +2,7 @@
 //! `--record-raw` format: u32 length, then the record) of curl `--http2` and of the AWS SDK for
 //! Go v2 over h2, captured by hoop's own probes against the emulator.
 
-use hoop_agent::capture::{Assembler, CaptureConfig, Exchange};
+use hoop_agent::capture::{Assembler, CaptureConfig, Exchange, Record};
 use hoop_common::{SRC_GO, SRC_OPENSSL};
 
 fn records(name: &str) -> Vec<Vec<u8>> {
@@ -130,4 +130,40 @@ fn damaged_recordings_never_panic() {
             let _ = replay(&t);
         }
     }
+}
+
+/// The recorded Go HTTP/2 connection, then the same recording again as a second connection
+/// whose `*tls.Conn` got the first one's address (Go frees and reuses them; there is no close
+/// hook): the second preface starts a new connection, and both give all their calls.
+#[test]
+fn go_http2_connection_at_a_reused_address() {
+    let recs = records("go_sdkv2_http2.bin");
+    let keys: std::collections::BTreeSet<(u32, u64)> = recs
+        .iter()
+        .filter_map(|r| Record::parse(r).ok())
+        .map(|r| (r.header.tgid, r.header.conn))
+        .collect();
+    assert_eq!(keys.len(), 1, "one connection recorded");
+    let last_ts = recs
+        .iter()
+        .filter_map(|r| Record::parse(r).ok())
+        .map(|r| r.header.ts_ns)
+        .max()
+        .unwrap_or(0);
+    let mut twice = recs.clone();
+    for r in &recs {
+        let mut r = r.clone();
+        // Later in time, same process and address.
+        let ts = u64::from_le_bytes(r[..8].try_into().expect("ts")) + last_ts;
+        r[..8].copy_from_slice(&ts.to_le_bytes());
+        twice.push(r);
+    }
+    let (out, a) = replay(&twice);
+    assert_eq!(out.len(), 14, "7 calls on each connection");
+    assert!(
+        out.iter()
+            .all(|e| e.http2 && e.response.as_ref().is_some_and(|r| r.head.status == 200))
+    );
+    assert_eq!(a.stats().reused_addresses, 1);
+    assert_eq!(a.stats().h2_broken, 0);
 }
