@@ -319,3 +319,38 @@ fn go_write_restarted_by_stack_growth_is_captured_once() -> anyhow::Result<()> {
     }
     agent.stop()
 }
+
+/// A minute of connection churn: 16 goroutines, every call on a new client and so a new TLS
+/// connection (the runtime frees `*tls.Conn`s and reuses their addresses), HTTP/2 and HTTP/1.1
+/// alternating, every tenth call after a deep recursion (stacks grow, and shrink at GC). The
+/// program exits 0 and every call is recorded exactly once, over the protocol it used.
+#[test]
+fn go_connection_churn_for_a_minute_is_recorded_exactly() -> anyhow::Result<()> {
+    let bin = go_bin("sdkv2", true)?;
+    let emu = Emulator::start_h2()?;
+    let mut agent = Agent::start(&[])?;
+    attach(&agent, &bin)?;
+    let (pid, out) = run_client(go_client(&bin, &emu, &["churn", "60", "16"]))?;
+    let info: Value = serde_json::from_str(out.trim())?;
+    assert_eq!(info["errors"], 0, "{out}");
+    let calls = info["calls"].as_u64().unwrap_or(0) as usize;
+    assert!(calls > 500, "{out}");
+    agent.wait_records(pid, Duration::from_secs(60), |r| r.len() >= calls);
+    std::thread::sleep(Duration::from_millis(500));
+    let recs = agent.records_of(pid);
+    let ok = |http: &str| {
+        recs.iter()
+            .filter(|r| {
+                r["aws"]["operation"] == "GetCallerIdentity"
+                    && r["connection"]["http"] == http
+                    && r["connection"]["tls"] == "go"
+                    && r["response"]["status"] == 200
+            })
+            .count()
+    };
+    let (h2, h1) = (ok("HTTP/2"), ok("HTTP/1.1"));
+    eprintln!("{calls} calls: {h2} over HTTP/2, {h1} over HTTP/1.1");
+    assert!(h2 > 0 && h1 > 0, "both protocols: {h2} h2, {h1} h1");
+    assert_eq!((h2 + h1, recs.len()), (calls, calls), "{calls} calls");
+    agent.stop()
+}
