@@ -354,3 +354,114 @@ fn go_connection_churn_for_a_minute_is_recorded_exactly() -> anyhow::Result<()> 
     assert_eq!((h2 + h1, recs.len()), (calls, calls), "{calls} calls");
     agent.stop()
 }
+
+/// A cgroup of this test only (removed on drop).
+struct Cgroup(PathBuf, String);
+
+impl Cgroup {
+    fn new(tag: &str) -> anyhow::Result<Self> {
+        let root = cgroup2_mount().ok_or_else(|| anyhow::anyhow!("no cgroup2 mount"))?;
+        let name = format!("hoop-e2e-{tag}-{}", std::process::id());
+        let p = root.join(&name);
+        std::fs::create_dir_all(&p)?;
+        Ok(Cgroup(p, format!("/{name}")))
+    }
+
+    /// `cmd` run as the first process of this cgroup.
+    fn wrap(&self, cmd: &Command) -> Command {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(format!(
+                "echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"",
+                self.0.display()
+            ))
+            .arg(cmd.get_program())
+            .args(cmd.get_args());
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        c
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// What policy does hold for Go and HTTP/2 clients: an endpoint rule (cgroup connect4/6)
+/// refuses the TCP connection itself, whatever the TLS library or protocol. Scoped to this
+/// test's cgroup and the emulator's port: the Go client inside the cgroup fails with EPERM
+/// before a byte is sent and the agent reports the endpoint decision; the same client outside
+/// the cgroup is unaffected and recorded as usual.
+#[test]
+fn endpoint_rule_denies_a_go_http2_client() -> anyhow::Result<()> {
+    let bin = go_bin("sdkv2", false)?;
+    let emu = Emulator::start_h2()?;
+    let cg = Cgroup::new("go-endpoint")?;
+    let dir = TempDir::new("go-policy")?;
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            r#"
+mode: enforce
+rules:
+  - name: no-emulator-from-go
+    effect: deny
+    match:
+      cgroup: "{}"
+      endpoints: ["127.0.0.1/32", "::1/128"]
+      ports: [{}]
+"#,
+            cg.1, emu.port
+        ),
+    )?;
+    let mut agent = Agent::start(&["--policy", policy.to_str().unwrap_or_default()])?;
+    attach(&agent, &bin)?;
+
+    let child = cg
+        .wrap(&go_client(&bin, &emu, &["calls"]))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let denied_pid = child.id();
+    let denied = child.wait_with_output()?;
+    let err = String::from_utf8_lossy(&denied.stderr);
+    assert!(!denied.status.success(), "denied client succeeded: {err}");
+    assert!(err.contains("operation not permitted"), "{err}");
+
+    let (pid, out) = run_client(go_client(&bin, &emu, &["calls"]))?;
+    let info: Value = serde_json::from_str(out.trim())?;
+    check_calls(&agent, pid, &info, &V2_OPS, "HTTP/2", "go v2 outside the cgroup");
+
+    let start = Instant::now();
+    let decisions = loop {
+        let d: Vec<Value> = agent
+            .records()
+            .into_iter()
+            .filter(|r| r["type"] == "endpoint-decision")
+            .collect();
+        if !d.is_empty() || start.elapsed() > WAIT {
+            break d;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        decisions
+            .iter()
+            .any(|d| d["rule"] == "no-emulator-from-go"
+                && d["destination"] == "127.0.0.1"
+                && d["port"] == emu.port
+                && d["pid"] == denied_pid),
+        "{decisions:?}"
+    );
+    // Not a byte of the denied client reached TLS, so nothing of it was recorded.
+    assert!(agent.records_of(denied_pid).is_empty());
+    agent.stop()
+}
