@@ -313,8 +313,9 @@ fn go_write_restarted_by_stack_growth_is_captured_once() -> anyhow::Result<()> {
         assert_eq!(
             (ok, recs.len()),
             (CALLS, CALLS),
-            "{http}: {CALLS} calls whose writes grow the stack ({} writes)",
-            info["writes"]
+            "{http}: {CALLS} calls whose writes grow the stack ({} writes); first record: {}",
+            info["writes"],
+            recs.first().cloned().unwrap_or_default()
         );
     }
     agent.stop()
@@ -438,7 +439,14 @@ rules:
 
     let (pid, out) = run_client(go_client(&bin, &emu, &["calls"]))?;
     let info: Value = serde_json::from_str(out.trim())?;
-    check_calls(&agent, pid, &info, &V2_OPS, "HTTP/2", "go v2 outside the cgroup");
+    check_calls(
+        &agent,
+        pid,
+        &info,
+        &V2_OPS,
+        "HTTP/2",
+        "go v2 outside the cgroup",
+    );
 
     let start = Instant::now();
     let decisions = loop {
@@ -453,12 +461,10 @@ rules:
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(
-        decisions
-            .iter()
-            .any(|d| d["rule"] == "no-emulator-from-go"
-                && d["destination"] == "127.0.0.1"
-                && d["port"] == emu.port
-                && d["pid"] == denied_pid),
+        decisions.iter().any(|d| d["rule"] == "no-emulator-from-go"
+            && d["destination"] == "127.0.0.1"
+            && d["port"] == emu.port
+            && d["pid"] == denied_pid),
         "{decisions:?}"
     );
     // Not a byte of the denied client reached TLS, so nothing of it was recorded.

@@ -21,6 +21,7 @@ fn build_client(dir: &Path) -> Result<PathBuf> {
         .env("GO111MODULE", "off")
         .env("GOPATH", "/usr/share/gocode")
         .env("GOPROXY", "off")
+        .env("GOFLAGS", "")
         .arg("build")
         .arg("-o")
         .arg(&out)
