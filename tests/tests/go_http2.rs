@@ -350,7 +350,17 @@ fn go_connection_churn_for_a_minute_is_recorded_exactly() -> anyhow::Result<()> 
             .count()
     };
     let (h2, h1) = (ok("HTTP/2"), ok("HTTP/1.1"));
-    eprintln!("{calls} calls: {h2} over HTTP/2, {h1} over HTTP/1.1");
+    // One connection per call, keyed by its *tls.Conn address: fewer addresses than calls
+    // means new connections did land on freed ones.
+    let addresses: std::collections::HashSet<String> = recs
+        .iter()
+        .map(|r| r["connection"]["id"].to_string())
+        .collect();
+    eprintln!(
+        "{calls} calls: {h2} over HTTP/2, {h1} over HTTP/1.1, on {} *tls.Conn addresses",
+        addresses.len()
+    );
+    assert!(addresses.len() < calls, "no address was reused");
     assert!(h2 > 0 && h1 > 0, "both protocols: {h2} h2, {h1} h1");
     assert_eq!((h2 + h1, recs.len()), (calls, calls), "{calls} calls");
     agent.stop()
