@@ -1,8 +1,10 @@
 //! Go `crypto/tls` probes (amd64, register ABI: Go >= 1.17).
 //!
-//! - `go_tls_write` at the entry of `crypto/tls.(*Conn).Write`: the plaintext is ready there
-//!   (rax = `*Conn`, rbx = buffer, rcx = length), so it is emitted at once.
-//! - `go_tls_read` at the entry of `crypto/tls.(*Conn).Read` remembers (`*Conn`, buffer) per
+//! - `go_tls_write` near the entry of `crypto/tls.(*Conn).Write`, past its stack-growth check
+//!   (the agent picks an instruction that runs once per call and keeps the argument registers):
+//!   the plaintext is ready there (rax = `*Conn`, rbx = buffer, rcx = length), so it is emitted
+//!   at once.
+//! - `go_tls_read`, placed the same way in `crypto/tls.(*Conn).Read`, remembers (`*Conn`, buffer) per
 //!   goroutine: the `g` pointer, which the register ABI keeps in r14. A goroutine may block in
 //!   Read and resume on another thread, so the thread id would not do.
 //! - `go_tls_read_ret` on every RET instruction of Read (found by the agent's disassembler;
