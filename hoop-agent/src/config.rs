@@ -112,6 +112,72 @@ pub struct SessionSection {
     pub selectors: Vec<SessionMatcherSpec>,
 }
 
+/// Longest `capture.response_timeout_secs` (a day): a request waits at most this long.
+pub const MAX_RESPONSE_TIMEOUT_SECS: u64 = 86_400;
+
+/// A setting given by a flag or an environment variable, and which one (for error messages).
+#[derive(Clone, Debug)]
+pub struct Given<T> {
+    pub value: T,
+    /// `--ring-buffer-bytes` or `environment variable HOOP_RING_BUFFER_BYTES`.
+    pub origin: String,
+}
+
+/// What flags and environment variables set: they override the file, which overrides the
+/// defaults (precedence: flag > environment > file > default; clap resolves flag vs
+/// environment).
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub data_dir: Option<Given<PathBuf>>,
+    pub log_format: Option<Given<String>>,
+    pub output: Option<Given<PathBuf>>,
+    pub metrics_addr: Option<Given<String>>,
+    pub metrics_identity_cap: Option<Given<usize>>,
+    pub api_socket: Option<Given<PathBuf>>,
+    pub policy: Option<Given<PathBuf>>,
+    pub ring_buffer_bytes: Option<Given<u32>>,
+    pub response_timeout_secs: Option<Given<u64>>,
+}
+
+impl Overrides {
+    /// Which flag or variable set config key `key`, if any did.
+    pub fn origin(&self, key: &str) -> Option<&str> {
+        fn o<T>(g: &Option<Given<T>>) -> Option<&str> {
+            g.as_ref().map(|g| g.origin.as_str())
+        }
+        match key {
+            "data_dir" => o(&self.data_dir),
+            "log_format" => o(&self.log_format),
+            "output" => o(&self.output),
+            "metrics_addr" => o(&self.metrics_addr),
+            "metrics_identity_cap" => o(&self.metrics_identity_cap),
+            "api_socket" => o(&self.api_socket),
+            "policy" => o(&self.policy),
+            "capture.ring_buffer_bytes" => o(&self.ring_buffer_bytes),
+            "capture.response_timeout_secs" => o(&self.response_timeout_secs),
+            _ => None,
+        }
+    }
+
+    /// `(config key, origin)` of every setting given.
+    pub fn origins(&self) -> Vec<(&'static str, &str)> {
+        [
+            "data_dir",
+            "log_format",
+            "output",
+            "metrics_addr",
+            "metrics_identity_cap",
+            "api_socket",
+            "policy",
+            "capture.ring_buffer_bytes",
+            "capture.response_timeout_secs",
+        ]
+        .into_iter()
+        .filter_map(|k| Some((k, self.origin(k)?)))
+        .collect()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -124,12 +190,19 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The file [`Config::load`] reads: `path`, else the default location when it exists.
+    pub fn file(path: Option<&Path>) -> Option<PathBuf> {
+        match path {
+            Some(p) => Some(p.to_path_buf()),
+            None if Path::new(DEFAULT_CONFIG).exists() => Some(PathBuf::from(DEFAULT_CONFIG)),
+            None => None,
+        }
+    }
+
     /// Loads `path`, or the default location when it exists, or the embedded defaults.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        let path = match path {
-            Some(p) => p.to_path_buf(),
-            None if Path::new(DEFAULT_CONFIG).exists() => PathBuf::from(DEFAULT_CONFIG),
-            None => return Ok(Config::default()),
+        let Some(path) = Self::file(path) else {
+            return Ok(Config::default());
         };
         let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
             path: path.clone(),
@@ -147,40 +220,112 @@ impl Config {
             Some(l) => format!("line {} column {}: {e}", l.line(), l.column()),
             None => e.to_string(),
         })?;
-        cfg.validate()?;
+        cfg.validate()
+            .map_err(|(key, problem)| format!("{key}: {problem}"))?;
         Ok(cfg)
     }
 
-    fn validate(&self) -> Result<(), String> {
+    /// Checks values serde cannot: `Err((key, problem))`, `key` being the dotted config key.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
         let ring = self.capture.ring_buffer_bytes;
         if ring < 4096 || !ring.is_power_of_two() {
-            return Err(format!(
-                "capture.ring_buffer_bytes: {ring} is not a power of two of at least 4096"
+            return Err((
+                "capture.ring_buffer_bytes",
+                format!("{ring} is not a power of two of at least 4096"),
             ));
         }
-        self.store.store_config().map_err(|e| format!("{e:#}"))?;
-        self.store.dump_period().map_err(|e| format!("{e:#}"))?;
+        let t = self.capture.response_timeout_secs;
+        if !(1..=MAX_RESPONSE_TIMEOUT_SECS).contains(&t) {
+            return Err((
+                "capture.response_timeout_secs",
+                format!("{t} is not between 1 and {MAX_RESPONSE_TIMEOUT_SECS} seconds"),
+            ));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(("data_dir", "is empty".into()));
+        }
+        if self.api_socket.as_os_str().is_empty() {
+            return Err(("api_socket", "is empty".into()));
+        }
+        self.store
+            .store_config()
+            .map_err(|e| ("store", format!("{e:#}")))?;
+        self.store
+            .dump_period()
+            .map_err(|e| ("store", format!("{e:#}")))?;
         if self.metrics_addr.parse::<std::net::SocketAddr>().is_err() {
-            return Err(format!(
-                "metrics_addr: {:?} is not an address like 127.0.0.1:9464",
-                self.metrics_addr
+            return Err((
+                "metrics_addr",
+                format!(
+                    "{:?} is not an address like 127.0.0.1:9464",
+                    self.metrics_addr
+                ),
             ));
         }
         if let Some(t) = &self.api_tls
             && t.listen.parse::<std::net::SocketAddr>().is_err()
         {
-            return Err(format!(
-                "api_tls.listen: {:?} is not an address like 0.0.0.0:9465",
-                t.listen
+            return Err((
+                "api_tls.listen",
+                format!("{:?} is not an address like 0.0.0.0:9465", t.listen),
             ));
         }
         if !matches!(self.log_format.as_str(), "human" | "json") {
-            return Err(format!(
-                "log_format: {:?} is neither \"human\" nor \"json\"",
-                self.log_format
+            return Err((
+                "log_format",
+                format!("{:?} is neither \"human\" nor \"json\"", self.log_format),
             ));
         }
         Ok(())
+    }
+
+    /// Applies the settings given by flags and environment variables over the file's (or the
+    /// defaults), then validates the result. An invalid value is reported with the flag or
+    /// variable that set it, or with the config key when it came from the file.
+    pub fn apply(&mut self, o: &Overrides) -> Result<(), String> {
+        fn set<T: Clone>(slot: &mut T, g: &Option<Given<T>>) {
+            if let Some(g) = g {
+                *slot = g.value.clone();
+            }
+        }
+        fn set_some<T: Clone>(slot: &mut Option<T>, g: &Option<Given<T>>) {
+            if let Some(g) = g {
+                *slot = Some(g.value.clone());
+            }
+        }
+        set(&mut self.data_dir, &o.data_dir);
+        set(&mut self.log_format, &o.log_format);
+        set_some(&mut self.output, &o.output);
+        set(&mut self.metrics_addr, &o.metrics_addr);
+        set(&mut self.metrics_identity_cap, &o.metrics_identity_cap);
+        set(&mut self.api_socket, &o.api_socket);
+        set_some(&mut self.policy, &o.policy);
+        set(&mut self.capture.ring_buffer_bytes, &o.ring_buffer_bytes);
+        set(
+            &mut self.capture.response_timeout_secs,
+            &o.response_timeout_secs,
+        );
+        self.validate()
+            .map_err(|(key, problem)| match o.origin(key) {
+                Some(origin) => format!("{origin}: {problem} (it sets {key})"),
+                None => format!("{key}: {problem}"),
+            })
+    }
+
+    /// The settings flags and environment variables can change, with their effective values
+    /// (`hoop-agent run --check-config`).
+    pub fn overridable_settings(&self) -> serde_json::Value {
+        serde_json::json!({
+            "data_dir": self.data_dir,
+            "log_format": self.log_format,
+            "output": self.output,
+            "metrics_addr": self.metrics_addr,
+            "metrics_identity_cap": self.metrics_identity_cap,
+            "api_socket": self.api_socket,
+            "policy": self.policy,
+            "capture.ring_buffer_bytes": self.capture.ring_buffer_bytes,
+            "capture.response_timeout_secs": self.capture.response_timeout_secs,
+        })
     }
 
     /// The identity library's settings.
@@ -220,6 +365,19 @@ mod tests {
     }
 
     #[test]
+    fn deploy_configs_are_valid() {
+        let cm: serde_yaml::Value =
+            serde_yaml::from_str(include_str!("../../deploy/kubernetes/configmap.yaml"))
+                .expect("configmap yaml");
+        let text = cm["data"]["config.yaml"].as_str().expect("config.yaml key");
+        let c = Config::parse(text).unwrap_or_else(|e| panic!("ConfigMap config.yaml: {e}"));
+        // The DaemonSet mounts the host's /proc there.
+        assert_eq!(c.identity().process.proc_root, PathBuf::from("/host/proc"));
+        Config::parse(include_str!("../../deploy/systemd/config.yaml"))
+            .unwrap_or_else(|e| panic!("systemd config.yaml: {e}"));
+    }
+
+    #[test]
     fn empty_file_is_defaults() {
         let c = Config::parse("").expect("defaults");
         assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
@@ -252,5 +410,82 @@ mod tests {
         assert!(e.contains("api_tls.listen"), "{e}");
         let e = Config::parse("log_format: xml\n").expect_err("format");
         assert!(e.contains("log_format"), "{e}");
+        let e = Config::parse("capture:\n  response_timeout_secs: 0\n").expect_err("timeout");
+        assert!(e.contains("capture.response_timeout_secs"), "{e}");
+    }
+
+    fn given<T>(value: T, origin: &str) -> Option<Given<T>> {
+        Some(Given {
+            value,
+            origin: origin.into(),
+        })
+    }
+
+    #[test]
+    fn overrides_beat_the_file_which_beats_the_defaults() {
+        let mut c = Config::parse(
+            "metrics_addr: 127.0.0.1:1111\ncapture:\n  ring_buffer_bytes: 65536\n  response_timeout_secs: 5\n",
+        )
+        .expect("config");
+        assert_eq!(c.metrics_addr, "127.0.0.1:1111", "file over default");
+        assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR), "default");
+        let o = Overrides {
+            metrics_addr: given("127.0.0.1:2222".into(), "--metrics-addr"),
+            ring_buffer_bytes: given(8192, "environment variable HOOP_RING_BUFFER_BYTES"),
+            output: given(PathBuf::from("/tmp/out.jsonl"), "--output"),
+            ..Default::default()
+        };
+        c.apply(&o).expect("valid");
+        assert_eq!(c.metrics_addr, "127.0.0.1:2222");
+        assert_eq!(c.capture.ring_buffer_bytes, 8192);
+        assert_eq!(c.output, Some(PathBuf::from("/tmp/out.jsonl")));
+        assert_eq!(c.capture.response_timeout_secs, 5, "file value kept");
+        assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR), "default kept");
+        assert_eq!(
+            c.overridable_settings()["capture.ring_buffer_bytes"],
+            8192,
+            "reported"
+        );
+        assert_eq!(o.origins().len(), 3);
+    }
+
+    #[test]
+    fn invalid_overrides_name_the_flag_or_variable() {
+        let mut c = Config::default();
+        let e = c
+            .apply(&Overrides {
+                ring_buffer_bytes: given(1000, "--ring-buffer-bytes"),
+                ..Default::default()
+            })
+            .expect_err("not a power of two");
+        assert!(
+            e.starts_with("--ring-buffer-bytes: 1000 is not a power of two")
+                && e.contains("capture.ring_buffer_bytes"),
+            "{e}"
+        );
+        let mut c = Config::default();
+        let e = c
+            .apply(&Overrides {
+                metrics_addr: given("nowhere".into(), "environment variable HOOP_METRICS_ADDR"),
+                ..Default::default()
+            })
+            .expect_err("not an address");
+        assert!(
+            e.starts_with("environment variable HOOP_METRICS_ADDR: \"nowhere\""),
+            "{e}"
+        );
+        let mut c = Config::default();
+        let e = c
+            .apply(&Overrides {
+                response_timeout_secs: given(u64::MAX, "--response-timeout"),
+                ..Default::default()
+            })
+            .expect_err("too long");
+        assert!(e.starts_with("--response-timeout: "), "{e}");
+        // A bad value from the file keeps naming the key.
+        let mut c = Config::default();
+        c.metrics_addr = "x".into();
+        let e = c.apply(&Overrides::default()).expect_err("file value");
+        assert!(e.starts_with("metrics_addr: "), "{e}");
     }
 }

@@ -1,6 +1,8 @@
-use anyhow::Result;
-use clap::{Parser, Subcommand};
-use hoop_agent::{agent, audit::AuditCommand, capture::CaptureConfig, config::Config};
+use anyhow::{Context, Result};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
+use hoop_agent::config::{Config, Given, Overrides};
+use hoop_agent::{agent, audit::AuditCommand, capture::CaptureConfig};
 use std::path::PathBuf;
 
 /// hoop: see, attribute and control every AWS API call made on this host.
@@ -75,18 +77,23 @@ struct RunArgs {
     #[arg(long, env = "HOOP_CONFIG")]
     config: Option<PathBuf>,
     /// Also append records (JSON lines) to this file. Overrides `output`.
-    #[arg(long)]
+    #[arg(long, env = "HOOP_OUTPUT")]
     output: Option<PathBuf>,
-    /// Do not print records to stdout.
-    #[arg(long)]
+    /// Do not print records to stdout (HOOP_NO_STDOUT=true|false).
+    #[arg(long, env = "HOOP_NO_STDOUT")]
     no_stdout: bool,
     /// Size of the TLS ring buffer in bytes (a power of two). Overrides
     /// `capture.ring_buffer_bytes`.
-    #[arg(long)]
+    #[arg(long, env = "HOOP_RING_BUFFER_BYTES")]
     ring_buffer_bytes: Option<u32>,
     /// Seconds a request waits for its response before it is reported without one.
-    #[arg(long)]
+    /// Overrides `capture.response_timeout_secs`.
+    #[arg(long, env = "HOOP_RESPONSE_TIMEOUT")]
     response_timeout: Option<u64>,
+    /// Per-identity call counts for at most this many identities (0: none). Overrides
+    /// `metrics_identity_cap`.
+    #[arg(long, env = "HOOP_METRICS_IDENTITY_CAP")]
+    metrics_identity_cap: Option<usize>,
     /// Write every raw TLS plaintext record to this file (debugging, test fixtures). It holds
     /// unmasked plaintext: never use it with real credentials.
     #[arg(long, hide = true)]
@@ -97,12 +104,94 @@ struct RunArgs {
     /// Address for /metrics, /healthz and /readyz. Overrides `metrics_addr`.
     #[arg(long, env = "HOOP_METRICS_ADDR")]
     metrics_addr: Option<String>,
-    /// Do not load the enforcement programs (capture only).
-    #[arg(long)]
+    /// Do not load the enforcement programs (capture only; HOOP_NO_ENFORCE=true|false).
+    #[arg(long, env = "HOOP_NO_ENFORCE")]
     no_enforce: bool,
     /// Measure in-kernel decision time (per-CPU counters; small overhead).
-    #[arg(long)]
+    #[arg(long, env = "HOOP_ENFORCE_STATS")]
     enforce_stats: bool,
+    /// Validate the configuration (file, environment, flags), print the effective settings
+    /// and which flag or variable set each, and exit without loading anything.
+    #[arg(long)]
+    check_config: bool,
+}
+
+/// Where `id`'s value came from: `--flag` or `environment variable NAME` (from clap's own
+/// definition of the argument, so messages cannot drift from the flags).
+fn origin(cmd: &clap::Command, m: &ArgMatches, id: &str) -> String {
+    let Some(arg) = cmd.get_arguments().find(|a| a.get_id() == id) else {
+        return id.to_string();
+    };
+    match (m.value_source(id), arg.get_env()) {
+        (Some(ValueSource::EnvVariable), Some(env)) => {
+            format!("environment variable {}", env.to_string_lossy())
+        }
+        _ => format!("--{}", arg.get_long().unwrap_or(id)),
+    }
+}
+
+/// Exits with clap's error; when the bad value came from an environment variable (clap names
+/// only the flag), says which variable.
+fn exit_naming_env(e: clap::Error) -> ! {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if matches!(
+        e.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) && let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg)
+    {
+        // "--ring-buffer-bytes <RING_BUFFER_BYTES>"
+        let long = arg.split_whitespace().next().unwrap_or_default();
+        let on_command_line =
+            std::env::args().any(|a| a == long || a.starts_with(&format!("{long}=")));
+        let cmd = Cli::command();
+        let env = std::iter::once(&cmd)
+            .chain(cmd.get_subcommands())
+            .flat_map(|c| c.get_arguments())
+            .find(|a| a.get_long().is_some_and(|l| format!("--{l}") == long))
+            .and_then(|a| a.get_env())
+            .filter(|v| std::env::var_os(v).is_some());
+        if let (false, Some(env)) = (on_command_line, env) {
+            eprintln!(
+                "hoop-agent: the value below comes from environment variable {}",
+                env.to_string_lossy()
+            );
+        }
+    }
+    e.exit()
+}
+
+/// The settings `run` got from flags and environment variables, each with its origin.
+fn overrides(cli: &Cli, a: &RunArgs, top: &ArgMatches) -> Overrides {
+    let cmd = Cli::command();
+    let run_cmd = cmd.find_subcommand("run").cloned().unwrap_or_default();
+    let run_m = top.subcommand_matches("run").cloned().unwrap_or_default();
+    let global = |id: &str| origin(&cmd, top, id);
+    let local = |id: &str| origin(&run_cmd, &run_m, id);
+    fn g<T: Clone>(v: &Option<T>, origin: impl FnOnce() -> String) -> Option<Given<T>> {
+        v.as_ref().map(|value| Given {
+            value: value.clone(),
+            origin: origin(),
+        })
+    }
+    Overrides {
+        data_dir: g(&cli.data_dir, || global("data_dir")),
+        log_format: g(&cli.log_format, || global("log_format")),
+        api_socket: g(&cli.api_socket, || global("api_socket")),
+        output: g(&a.output, || local("output")),
+        metrics_addr: g(&a.metrics_addr, || local("metrics_addr")),
+        metrics_identity_cap: g(&a.metrics_identity_cap, || local("metrics_identity_cap")),
+        policy: g(&a.policy, || local("policy")),
+        ring_buffer_bytes: g(&a.ring_buffer_bytes, || local("ring_buffer_bytes")),
+        response_timeout_secs: g(&a.response_timeout, || local("response_timeout")),
+    }
+}
+
+/// The file (or defaults) with flags and environment applied, validated as a whole.
+fn run_config(a: &RunArgs, o: &Overrides) -> Result<Config> {
+    let mut cfg = Config::load(a.config.as_deref())?;
+    cfg.apply(o)
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    Ok(cfg)
 }
 
 fn api_socket(cli: &Cli) -> PathBuf {
@@ -146,21 +235,25 @@ fn init_logging(format: &str) {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    // `run` reads the config file first: its `log_format` applies unless a flag/env says.
+    let matches = Cli::command()
+        .try_get_matches()
+        .unwrap_or_else(|e| exit_naming_env(e));
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // `run` settles its configuration first: its `log_format` applies unless a flag/env says.
     let run_cfg = match &cli.command {
-        Command::Run(a) => Some(Config::load(a.config.as_deref())),
+        Command::Run(a) => {
+            let o = overrides(&cli, a, &matches);
+            Some(run_config(a, &o).map(|c| (c, o)))
+        }
         _ => None,
     };
     let format = cli.log_format.clone().unwrap_or_else(|| match &run_cfg {
-        Some(Ok(c)) => c.log_format.clone(),
+        Some(Ok((c, _))) => c.log_format.clone(),
         _ => "human".into(),
     });
     init_logging(&format);
     let result = match run_cfg {
-        Some(cfg) => cfg
-            .map_err(anyhow::Error::from)
-            .and_then(|c| real_main(&cli, Some(c))),
+        Some(cfg) => cfg.and_then(|c| real_main(&cli, Some(c))),
         None => real_main(&cli, None),
     };
     match result {
@@ -169,14 +262,15 @@ fn main() -> std::process::ExitCode {
             if format == "json" {
                 tracing::error!(error = %format!("{e:#}"), "hoop-agent failed");
             } else {
-                eprintln!("Error: {e:?}");
+                // The cause chain on one line (no backtrace: these are operator errors).
+                eprintln!("Error: {e:#}");
             }
             std::process::ExitCode::FAILURE
         }
     }
 }
 
-fn real_main(cli: &Cli, run_cfg: Option<Config>) -> Result<()> {
+fn real_main(cli: &Cli, run_cfg: Option<(Config, Overrides)>) -> Result<()> {
     match &cli.command {
         Command::Tail(t) => hoop_agent::tail::run(&api_socket(cli), &t.filter, t.count, t.pretty),
         Command::Approvals(a) => {
@@ -200,27 +294,22 @@ fn real_main(cli: &Cli, run_cfg: Option<Config>) -> Result<()> {
             hoop_agent::audit::run_cli(cmd, &audit_argv(), &data_dir, &api_socket(cli))
         }
         Command::Run(a) => {
-            let mut cfg = match run_cfg {
-                Some(c) => c,
-                None => Config::load(a.config.as_deref())?,
+            let Some((cfg, o)) = run_cfg else {
+                anyhow::bail!("run without a configuration");
             };
-            if let Some(d) = cli.data_dir.clone() {
-                cfg.data_dir = d;
-            }
-            if let Some(o) = a.output.clone() {
-                cfg.output = Some(o);
-            }
-            if let Some(r) = a.ring_buffer_bytes {
-                cfg.capture.ring_buffer_bytes = r;
-            }
-            if let Some(m) = a.metrics_addr.clone() {
-                cfg.metrics_addr = m;
-            }
-            if let Some(p) = cli.api_socket.clone() {
-                cfg.api_socket = p;
-            }
-            if let Some(t) = a.response_timeout {
-                cfg.capture.response_timeout_secs = t;
+            if a.check_config {
+                let overridden: serde_json::Map<String, serde_json::Value> = o
+                    .origins()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.into()))
+                    .collect();
+                let report = serde_json::json!({
+                    "config_file": Config::file(a.config.as_deref()),
+                    "settings": cfg.overridable_settings(),
+                    "overridden": overridden,
+                });
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                return Ok(());
             }
             let opts = agent::RunOptions {
                 output: cfg.output.clone(),
@@ -236,12 +325,12 @@ fn real_main(cli: &Cli, run_cfg: Option<Config>) -> Result<()> {
                 record_raw: a.record_raw.clone(),
                 data_dir: cfg.data_dir.clone(),
                 store: cfg.store.clone(),
-                metrics_addr: cfg.metrics_addr.parse()?,
+                metrics_addr: cfg.metrics_addr.parse().context("metrics_addr")?,
                 metrics_identity_cap: cfg.metrics_identity_cap,
                 api_socket: cfg.api_socket.clone(),
                 api_tls: cfg.api_tls.clone(),
                 enforce: (!a.no_enforce).then(|| hoop_agent::enforce::EnforceOptions {
-                    policy: a.policy.clone().or(cfg.policy.clone()),
+                    policy: cfg.policy.clone(),
                     api_socket: cfg.api_socket.clone(),
                     stats: a.enforce_stats,
                 }),
