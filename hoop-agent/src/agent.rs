@@ -101,11 +101,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let me = std::process::id();
     let mut targets = disc.scan_paths(&discovery::system_libssl_candidates());
     targets.extend(disc.scan_all(me));
-    for t in &targets {
-        if let Err(e) = probes.attach_tls(t) {
-            warn!(file = %t.path, "attach failed: {e:#}");
-        }
-    }
+    attach_targets(&mut probes, &targets, &metrics);
     // Live records for `hoop-agent tail` (JSON lines; slow readers skip ahead).
     let (events, _) = tokio::sync::broadcast::channel::<std::sync::Arc<str>>(4096);
     let mut router =
@@ -117,15 +113,24 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     if let Some(t) = &opts.api_tls {
         crate::api::serve_tls(t, router)?;
     }
-    metrics.tls_libraries.set(probes.files_attached() as i64);
-    metrics.uprobes.set(probes.uprobes_attached() as i64);
-    metrics.set_ready();
-    info!(
-        files = probes.files_attached(),
-        probes = probes.uprobes_attached(),
-        scanned = disc.files_seen(),
-        "hoop-agent ready"
-    );
+    // Ready (see `ready_after_scan`); else /readyz stays 503 until discovery attaches one.
+    if crate::metrics::ready_after_scan(targets.len(), probes.uprobes_attached()) {
+        metrics.set_ready();
+        if targets.is_empty() {
+            warn!("no TLS library found yet: probes follow as processes map libraries");
+        }
+        info!(
+            files = probes.files_attached(),
+            probes = probes.uprobes_attached(),
+            scanned = disc.files_seen(),
+            "hoop-agent ready"
+        );
+    } else {
+        warn!(
+            found = targets.len(),
+            "hoop-agent not ready: no TLS probe could be attached (see the failures above)"
+        );
+    }
     let (scan_tx, scan_rx) = mpsc::channel::<u32>();
     std::thread::Builder::new()
         .name("hoop-discovery".into())
@@ -688,12 +693,26 @@ fn discovery_loop(
             targets.extend(disc.scan_all(me));
             next_full = now + FULL_SCAN_EVERY;
         }
-        for t in &targets {
-            if let Err(e) = probes.attach_tls(t) {
-                warn!(file = %t.path, "attach failed: {e:#}");
-            }
+        attach_targets(&mut probes, &targets, metrics);
+        if !metrics.is_ready() && probes.uprobes_attached() > 0 {
+            metrics.set_ready();
+            info!("TLS probes attached: ready");
         }
-        metrics.tls_libraries.set(probes.files_attached() as i64);
-        metrics.uprobes.set(probes.uprobes_attached() as i64);
     }
+}
+
+/// Attaches probes to newly discovered TLS files and updates the discovery and attach series.
+fn attach_targets(probes: &mut Probes, targets: &[discovery::Target], metrics: &Metrics) {
+    for t in targets {
+        metrics.library_discovered(t);
+        if let Err(e) = probes.attach_tls(t) {
+            warn!(file = %t.path, "attach failed: {e:#}");
+            metrics.attach_failures.inc();
+        }
+    }
+    metrics
+        .attach_failures
+        .inc_by(probes.take_attach_failures() as u64);
+    metrics.tls_libraries.set(probes.files_attached() as i64);
+    metrics.uprobes.set(probes.uprobes_attached() as i64);
 }

@@ -32,6 +32,9 @@ pub struct Metrics {
     pub parse_errors: IntCounterVec,
     pub unclassified: IntCounter,
     pub tls_libraries: IntGauge,
+    /// TLS files found, by [`library_kind`]; attached or not.
+    pub tls_discovered: IntGaugeVec,
+    pub attach_failures: IntCounter,
     pub uprobes: IntGauge,
     pub connections: IntGauge,
     pub connections_muted: IntCounter,
@@ -92,6 +95,18 @@ impl Metrics {
             &["kind"],
         )?;
         r.register(Box::new(parse_errors.clone()))?;
+        let tls_discovered = IntGaugeVec::new(
+            Opts::new(
+                "tls_libraries_discovered",
+                "Files with TLS functions hoop probes, by kind (libssl, openssl_static, go)",
+            ),
+            &["kind"],
+        )?;
+        r.register(Box::new(tls_discovered.clone()))?;
+        // Every kind from the start, so a zero is visible (and alertable) before any is found.
+        for kind in LIBRARY_KINDS {
+            tls_discovered.with_label_values(&[kind]).set(0);
+        }
         let store_write_seconds = Histogram::with_opts(
             HistogramOpts::new("store_write_seconds", "Latency of audit store appends")
                 .buckets(prometheus::exponential_buckets(0.000_01, 4.0, 10)?),
@@ -140,6 +155,12 @@ impl Metrics {
                 "tls_libraries_attached",
                 "TLS library files with probes attached",
             )?,
+            tls_discovered,
+            attach_failures: counter(
+                &r,
+                "tls_attach_failures_total",
+                "TLS probes that failed to attach (a file that failed as a whole counts one)",
+            )?,
             uprobes: gauge(&r, "uprobes_attached", "Uprobes attached")?,
             connections: gauge(
                 &r,
@@ -174,7 +195,11 @@ impl Metrics {
                 "approval_oldest_pending_timestamp_seconds",
                 "Unix time of the oldest pending approval request (0 when none)",
             )?,
-            ready_gauge: gauge(&r, "ready", "1 once probes are attached")?,
+            ready_gauge: gauge(
+                &r,
+                "ready",
+                "1 once the start-up scan is done and probes are attached to what it found",
+            )?,
             ready: AtomicBool::new(false),
             registry: r,
         }))
@@ -213,6 +238,13 @@ impl Metrics {
         }
     }
 
+    /// Counts a TLS file discovery found.
+    pub fn library_discovered(&self, t: &crate::discovery::Target) {
+        self.tls_discovered
+            .with_label_values(&[library_kind(t)])
+            .inc();
+    }
+
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::SeqCst);
         self.ready_gauge.set(1);
@@ -228,6 +260,32 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+/// The `kind` label values of `tls_libraries_discovered`.
+pub const LIBRARY_KINDS: [&str; 3] = ["libssl", "openssl_static", "go"];
+
+/// What a discovered TLS file is: Go's crypto/tls, a shared OpenSSL library, or an executable
+/// with OpenSSL linked in (node).
+pub fn library_kind(t: &crate::discovery::Target) -> &'static str {
+    let go = crate::go_discovery::GO_FUNCTIONS
+        .iter()
+        .any(|(name, _)| t.functions.iter().any(|f| f.name == *name));
+    let file = t.path.rsplit('/').next().unwrap_or_default();
+    if go {
+        "go"
+    } else if file.contains(".so") {
+        "libssl"
+    } else {
+        "openssl_static"
+    }
+}
+
+/// Readiness: the start-up scan is done and, if it found TLS files, probes are attached to at
+/// least one of them. A node with no TLS library yet is ready (later processes are attached
+/// as they map theirs); one whose libraries all failed to attach is not.
+pub fn ready_after_scan(discovered: usize, uprobes_attached: usize) -> bool {
+    discovered == 0 || uprobes_attached > 0
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` until the runtime stops.
@@ -262,15 +320,36 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
                 }
             }),
         );
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
+    let listener = std::net::TcpListener::bind(addr)
         .with_context(|| format!("listen for metrics on {addr}"))?;
+    listener.set_nonblocking(true)?;
     info!(%addr, "metrics and health endpoints listening");
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::warn!("metrics server stopped: {e}");
-        }
-    });
+    // A thread and runtime of its own: the agent's start-up (eBPF load, /proc scan) blocks
+    // the main runtime for seconds, and /healthz and /readyz (503) must answer meanwhile.
+    std::thread::Builder::new()
+        .name("hoop-metrics".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!("metrics server runtime: {e}");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let served = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => axum::serve(l, app).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = served {
+                    tracing::error!("metrics server stopped: {e}");
+                }
+            });
+        })
+        .context("spawn the metrics thread")?;
     Ok(())
 }
 
@@ -295,5 +374,70 @@ mod tests {
         );
         assert!(text.contains("hoop_aws_unclassified_total 1"));
         assert!(text.contains("hoop_build_info{version="));
+        assert!(
+            text.contains("hoop_tls_libraries_discovered{kind=\"go\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("hoop_tls_attach_failures_total 0"));
+    }
+
+    fn target(path: &str, func: &'static str) -> crate::discovery::Target {
+        crate::discovery::Target {
+            open_path: path.into(),
+            path: path.into(),
+            dev: 1,
+            ino: 2,
+            functions: vec![crate::discovery::Function {
+                name: func,
+                address: 0,
+                section_address: 0,
+                section_offset: 0,
+                worker: false,
+            }],
+        }
+    }
+
+    #[test]
+    fn library_kinds() {
+        let m = Metrics::new(0).expect("metrics");
+        for t in [
+            target("/usr/lib/x86_64-linux-gnu/libssl.so.3", "SSL_write"),
+            target("/usr/bin/node", "SSL_write"),
+            target("/usr/local/bin/terraform", crate::go_discovery::GO_WRITE),
+            target("/opt/venv/lib/libssl-abc.so.1.1", "SSL_read_ex"),
+        ] {
+            m.library_discovered(&t);
+        }
+        let text = m.render();
+        for line in [
+            "hoop_tls_libraries_discovered{kind=\"libssl\"} 2",
+            "hoop_tls_libraries_discovered{kind=\"openssl_static\"} 1",
+            "hoop_tls_libraries_discovered{kind=\"go\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        assert!(ready_after_scan(0, 0), "nothing to attach to");
+        assert!(ready_after_scan(3, 5));
+        assert!(!ready_after_scan(3, 0), "found libraries, attached none");
+    }
+
+    #[test]
+    fn action_series_are_capped() {
+        let m = Metrics::new(0).expect("metrics");
+        for i in 0..MAX_ACTION_SERIES + 10 {
+            m.call("s3", Some(&format!("s3:Op{i}")), "allow", "");
+        }
+        let text = m.render();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("hoop_aws_calls_total{"))
+            .count();
+        assert_eq!(series, MAX_ACTION_SERIES + 1, "capped, plus the fold");
+        assert!(
+            text.contains(
+                "hoop_aws_calls_total{action=\"other\",decision=\"allow\",service=\"other\"} 10"
+            ),
+            "overflow folds into other"
+        );
     }
 }

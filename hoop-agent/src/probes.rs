@@ -35,6 +35,8 @@ pub struct Probes {
     ebpf: Ebpf,
     attached: HashSet<(u64, u64)>,
     uprobes: usize,
+    /// Probes that failed to attach since the last [`Probes::take_attach_failures`].
+    failures: usize,
 }
 
 /// Kernel-side counters, summed over CPUs.
@@ -150,6 +152,7 @@ impl Probes {
             ebpf,
             attached: HashSet::new(),
             uprobes: 0,
+            failures: 0,
         })
     }
 
@@ -299,6 +302,7 @@ impl Probes {
             Ok(_) => Ok(1),
             Err(e) => {
                 warn!(file = %t.path, function = f.name, "attach failed: {e}");
+                self.failures += 1;
                 Ok(0)
             }
         }
@@ -307,6 +311,11 @@ impl Probes {
     /// Files with TLS probes attached.
     pub fn files_attached(&self) -> usize {
         self.attached.len()
+    }
+
+    /// Probe attach failures since the last call (for the metrics counter).
+    pub fn take_attach_failures(&mut self) -> usize {
+        std::mem::take(&mut self.failures)
     }
 
     pub fn uprobes_attached(&self) -> usize {
