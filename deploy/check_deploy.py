@@ -395,6 +395,11 @@ def daemonset_agent_flags(_args):
     p.expect(env.get("HOOP_LOG_FORMAT", {}).get("value") == "json", "HOOP_LOG_FORMAT is not json")
     p.expect(flags.get("--log-format", "json") in LOG_FORMATS, "--log-format must be human|json")
     p.expect(cfg.get("kubernetes", {}).get("enabled") is True, "config.yaml kubernetes.enabled is not true in the DaemonSet")
+    # The process cache reads process.proc_root: it must be the host's /proc mount.
+    proc_root = str(cfg.get("process", {}).get("proc_root", "/proc"))
+    m = mount_of(proc_root)
+    p.expect(m is not None and m["mountPath"] == proc_root and vols[m["name"]].get("hostPath", {}).get("path") == "/proc",
+             f"config.yaml process.proc_root {proc_root} is not the mount of the host's /proc")
     p.done()
 
 
