@@ -555,51 +555,104 @@ fn tail_streams_new_records() -> Result<()> {
     Ok(())
 }
 
+/// A boto3 client making sequential DynamoDB ListTables calls, each tagged with its number
+/// (`ExclusiveStartTableName=hoop-seq-N`), printing N once the call has returned.
+const TAGGED_CALLS: &str = r#"
+import os, sys, boto3
+ddb = boto3.client("dynamodb", endpoint_url=os.environ["HOOP_ENDPOINT"])
+for i in range(int(sys.argv[1])):
+    ddb.list_tables(ExclusiveStartTableName=f"hoop-seq-{i:05d}", Limit=1)
+    print(i, flush=True)
+"#;
+
+/// The call numbers (`hoop-seq-N`) found in records.
+fn seq_numbers<'a>(records: impl Iterator<Item = &'a Value>) -> std::collections::BTreeSet<u64> {
+    records
+        .filter_map(|r| r["request"]["parameters"]["ExclusiveStartTableName"].as_str())
+        .filter_map(|s| s.strip_prefix("hoop-seq-")?.parse().ok())
+        .collect()
+}
+
 #[test]
 fn sigterm_during_ingest_loses_nothing() -> Result<()> {
     let emu = Emulator::start()?;
     let mut agent = Agent::start(&[])?;
-    // Three clients at once, SIGTERM the moment the last one exits: their last records are
-    // still in the ring buffer, the reassembler or the store's memory.
-    let mut children = Vec::new();
+    // Three clients calling as fast as they can; SIGTERM while they are still calling. Every
+    // call a client saw complete before the signal must be in the output and the store.
+    let mut clients = Vec::new();
     for _ in 0..3 {
         let mut cmd = python();
-        cmd.arg(repo_root().join("tests/bench/boto3_rate.py"))
-            .arg("150");
+        cmd.arg("-c").arg(TAGGED_CALLS).arg("100000");
         emu.client_env(&mut cmd);
-        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
-        children.push(cmd.spawn()?);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+        let mut child = cmd.spawn()?;
+        let out = child.stdout.take().context("client stdout")?;
+        let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let d = done.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(i) = l.trim().parse::<u64>() {
+                    d.store(i + 1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        });
+        clients.push((Guard(child), done));
     }
-    let mut pids = Vec::new();
-    for c in children {
-        let pid = c.id();
-        let out = c.wait_with_output()?;
-        assert!(
-            out.status.success(),
-            "client: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        pids.push(pid);
+    let start = Instant::now();
+    while clients
+        .iter()
+        .any(|(_, d)| d.load(std::sync::atomic::Ordering::SeqCst) < 40)
+    {
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!("clients did not make 40 calls each");
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
+    // Calls completed before the signal, per client (the clients keep calling meanwhile).
+    let completed: Vec<(u32, u64)> = clients
+        .iter()
+        .map(|(g, d)| (g.0.id(), d.load(std::sync::atomic::Ordering::SeqCst)))
+        .collect();
     agent.stop()?;
+    let after: Vec<u64> = clients
+        .iter()
+        .map(|(_, d)| d.load(std::sync::atomic::Ordering::SeqCst))
+        .collect();
+    drop(clients);
     assert!(
         agent.log_contains("audit store flushed"),
         "store flushed on SIGTERM"
     );
-    let per_client = 152;
-    for &pid in &pids {
+    for (&(pid, n), later) in completed.iter().zip(&after) {
+        assert!(
+            *later > n,
+            "client {pid} was still calling during the shutdown ({n} then {later})"
+        );
+        let want: std::collections::BTreeSet<u64> = (0..n).collect();
         let recs = agent.records_of(pid);
-        assert_eq!(
-            recs.len(),
-            per_client,
-            "records in the output file of pid {pid}"
+        let in_output = seq_numbers(recs.iter());
+        let missing: Vec<_> = want.difference(&in_output).collect();
+        assert!(
+            missing.is_empty(),
+            "pid {pid}: {} calls completed before SIGTERM, missing from the output: {missing:?}",
+            n
         );
         // The store (opened read-only now that the agent is gone) has them all too.
         let (ok, out, err) =
             agent.cli(&["query", "--pid", &pid.to_string(), "--format", "jsonl"])?;
         assert!(ok, "query: {err}");
-        let stored = out.lines().filter(|l| !l.trim().is_empty()).count();
-        assert_eq!(stored, per_client, "events in the store of pid {pid}");
+        let stored = jsonl(&out);
+        let in_store = seq_numbers(stored.iter());
+        let missing: Vec<_> = want.difference(&in_store).collect();
+        assert!(
+            missing.is_empty(),
+            "pid {pid}: missing from the store: {missing:?}"
+        );
+        eprintln!(
+            "pid {pid}: {n} calls completed before SIGTERM, {} in the output, {} in the store",
+            in_output.len(),
+            in_store.len()
+        );
     }
     Ok(())
 }
@@ -672,5 +725,485 @@ fn json_logs_are_json_lines_including_library_and_kernel_messages() -> Result<()
         "messages from the `log` crate (aya) are in the JSON stream: {targets:?}"
     );
     drop(guard);
+    Ok(())
+}
+
+/// Runs `hoop-agent ARGS` with `env` (and no other HOOP_* variable) and waits at most 30 s
+/// for it to exit: a configuration error must stop it before anything is loaded.
+fn agent_exits(args: &[&str], env: &[(&str, &str)]) -> Result<(bool, String, String)> {
+    let mut cmd = Command::new(agent_bin());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("HOOP_") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let start = Instant::now();
+    while child.try_wait()?.is_none() {
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("hoop-agent {args:?} {env:?} did not exit within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// `hoop-agent [ARGS] run --config FILE --check-config [RUN_ARGS]` → the report.
+fn check_config(
+    global: &[&str],
+    config: &std::path::Path,
+    run: &[&str],
+    env: &[(&str, &str)],
+) -> Result<Value> {
+    let config = config.display().to_string();
+    let mut args = global.to_vec();
+    args.extend(["run", "--config", &config, "--check-config"]);
+    args.extend(run);
+    let (ok, out, err) = agent_exits(&args, env)?;
+    if !ok {
+        bail!("--check-config {args:?} {env:?} failed: {err}");
+    }
+    Ok(serde_json::from_str(&out)?)
+}
+
+#[test]
+fn configuration_precedence_is_flag_env_file_default_and_bad_values_name_their_source() -> Result<()>
+{
+    let dir = TempDir::new("config")?;
+    let empty = dir.path().join("empty.yaml");
+    std::fs::write(&empty, "")?;
+    let file = dir.path().join("config.yaml");
+    std::fs::write(
+        &file,
+        "metrics_addr: 127.0.0.1:1111\ndata_dir: /tmp/hoop-from-file\ncapture:\n  ring_buffer_bytes: 65536\n  response_timeout_secs: 7\n",
+    )?;
+    let s = |v: &Value, k: &str| v["settings"][k].clone();
+
+    // Default.
+    let r = check_config(&[], &empty, &[], &[])?;
+    assert_eq!(s(&r, "metrics_addr"), "127.0.0.1:9464", "{r}");
+    assert_eq!(s(&r, "capture.ring_buffer_bytes"), 16 * 1024 * 1024, "{r}");
+    assert_eq!(r["overridden"], serde_json::json!({}), "{r}");
+    // File over default.
+    let r = check_config(&[], &file, &[], &[])?;
+    assert_eq!(s(&r, "metrics_addr"), "127.0.0.1:1111", "{r}");
+    assert_eq!(s(&r, "data_dir"), "/tmp/hoop-from-file", "{r}");
+    assert_eq!(s(&r, "capture.ring_buffer_bytes"), 65536, "{r}");
+    assert_eq!(s(&r, "capture.response_timeout_secs"), 7, "{r}");
+    // Environment over file.
+    let env = [
+        ("HOOP_METRICS_ADDR", "127.0.0.1:2222"),
+        ("HOOP_DATA_DIR", "/tmp/hoop-from-env"),
+        ("HOOP_RING_BUFFER_BYTES", "32768"),
+        ("HOOP_OUTPUT", "/tmp/hoop-env.jsonl"),
+        ("HOOP_METRICS_IDENTITY_CAP", "5"),
+    ];
+    let r = check_config(&[], &file, &[], &env)?;
+    assert_eq!(s(&r, "metrics_addr"), "127.0.0.1:2222", "{r}");
+    assert_eq!(s(&r, "data_dir"), "/tmp/hoop-from-env", "{r}");
+    assert_eq!(s(&r, "capture.ring_buffer_bytes"), 32768, "{r}");
+    assert_eq!(s(&r, "output"), "/tmp/hoop-env.jsonl", "{r}");
+    assert_eq!(s(&r, "metrics_identity_cap"), 5, "{r}");
+    assert_eq!(
+        s(&r, "capture.response_timeout_secs"),
+        7,
+        "file value kept: {r}"
+    );
+    assert_eq!(
+        r["overridden"]["metrics_addr"], "environment variable HOOP_METRICS_ADDR",
+        "{r}"
+    );
+    // Flags over environment.
+    let r = check_config(
+        &["--data-dir", "/tmp/hoop-from-flag"],
+        &file,
+        &[
+            "--metrics-addr",
+            "127.0.0.1:3333",
+            "--ring-buffer-bytes",
+            "8192",
+        ],
+        &env,
+    )?;
+    assert_eq!(s(&r, "metrics_addr"), "127.0.0.1:3333", "{r}");
+    assert_eq!(s(&r, "data_dir"), "/tmp/hoop-from-flag", "{r}");
+    assert_eq!(s(&r, "capture.ring_buffer_bytes"), 8192, "{r}");
+    assert_eq!(s(&r, "output"), "/tmp/hoop-env.jsonl", "env kept: {r}");
+    assert_eq!(r["overridden"]["metrics_addr"], "--metrics-addr", "{r}");
+    assert_eq!(r["overridden"]["data_dir"], "--data-dir", "{r}");
+
+    // Bad values stop `run` before it loads anything, naming the flag, variable or key.
+    let cfg = empty.display().to_string();
+    let run = |extra: &[&str], env: &[(&str, &str)]| -> Result<String> {
+        let mut args = vec!["run", "--config", &cfg, "--no-stdout"];
+        args.extend(extra);
+        let (ok, _, err) = agent_exits(&args, env)?;
+        assert!(
+            !ok,
+            "hoop-agent {args:?} {env:?} accepted a bad value: {err}"
+        );
+        assert!(
+            !err.contains("hoop-agent ready") && !err.contains("load eBPF"),
+            "failed late: {err}"
+        );
+        Ok(err)
+    };
+    for (extra, env, needles) in [
+        (
+            &["--ring-buffer-bytes", "1000"][..],
+            &[][..],
+            &["--ring-buffer-bytes", "1000 is not a power of two"][..],
+        ),
+        (
+            &[],
+            &[("HOOP_RING_BUFFER_BYTES", "1000")],
+            &["environment variable HOOP_RING_BUFFER_BYTES", "1000"],
+        ),
+        (
+            &["--metrics-addr", "nowhere"],
+            &[],
+            &["--metrics-addr", "\"nowhere\" is not an address"],
+        ),
+        (
+            &[],
+            &[("HOOP_METRICS_ADDR", "nowhere")],
+            &["environment variable HOOP_METRICS_ADDR", "nowhere"],
+        ),
+        (
+            &["--response-timeout", "0"],
+            &[],
+            &["--response-timeout", "capture.response_timeout_secs"],
+        ),
+        (
+            &[],
+            &[("HOOP_RING_BUFFER_BYTES", "lots")],
+            &["HOOP_RING_BUFFER_BYTES", "lots"],
+        ),
+    ] {
+        let err = run(extra, env)?;
+        for n in needles {
+            assert!(err.contains(n), "{extra:?} {env:?}: {n:?} not in {err}");
+        }
+    }
+    // A bad file value names the file and the key.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "capture:\n  ring_buffer_bytes: 1000\n")?;
+    let (ok, _, err) = agent_exits(&["run", "--config", bad.to_str().unwrap_or_default()], &[])?;
+    assert!(!ok);
+    assert!(
+        err.contains("bad.yaml") && err.contains("capture.ring_buffer_bytes"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn readyz_answers_503_until_probes_are_attached() -> Result<()> {
+    let dir = TempDir::new("readyz")?;
+    let port = free_port()?;
+    let addr = format!("127.0.0.1:{port}");
+    let child = Command::new(agent_bin())
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--api-socket")
+        .arg(dir.path().join("api.sock"))
+        .args(["run", "--no-stdout", "--metrics-addr", &addr])
+        .env("HOOP_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let pid = child.id();
+    let guard = Guard(child);
+    let get = |path: &str| -> Result<(u16, String)> {
+        let mut s = std::net::TcpStream::connect(&addr)?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: hoop\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf)?;
+        let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        Ok((status, body.to_string()))
+    };
+    // Poll from the first moment the endpoint answers.
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    let mut ready_gauge_while_503 = None;
+    loop {
+        if let Ok((status, _)) = get("/readyz") {
+            if seen.last() != Some(&status) {
+                seen.push(status);
+            }
+            if status == 503 && ready_gauge_while_503.is_none() {
+                let (_, body) = get("/metrics")?;
+                ready_gauge_while_503 = body
+                    .lines()
+                    .find_map(|l| l.strip_prefix("hoop_ready "))
+                    .map(str::to_string);
+            }
+            if status == 200 {
+                break;
+            }
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!("agent {pid} not ready within 60 s; /readyz answered {seen:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    eprintln!("/readyz: {seen:?}, 200 after {:?}", start.elapsed());
+    assert_eq!(seen.first(), Some(&503), "first answer: {seen:?}");
+    assert_eq!(seen, [503, 200], "503 until ready, then 200");
+    // hoop_ready was 0 then (or had just turned 1 between the two requests).
+    assert!(
+        matches!(ready_gauge_while_503.as_deref(), Some("0") | Some("1")),
+        "{ready_gauge_while_503:?}"
+    );
+    let (_, body) = get("/metrics")?;
+    assert!(
+        body.lines().any(|l| l == "hoop_ready 1"),
+        "hoop_ready 1 once ready"
+    );
+    assert_eq!(get("/healthz")?.0, 200);
+    drop(guard);
+    Ok(())
+}
+
+#[test]
+fn tls_discovery_and_attach_series() -> Result<()> {
+    let agent = Agent::start(&[])?;
+    let s = scrape(&agent)?;
+    // This host has the system libssl (Python's TLS): discovered and attached, no failure.
+    let libssl = value(&s, "hoop_tls_libraries_discovered", &[("kind", "libssl")]);
+    assert!(libssl >= 1.0, "libssl discovered: {libssl}");
+    for kind in ["libssl", "openssl_static", "go"] {
+        assert!(
+            s.samples
+                .iter()
+                .any(|x| x.metric == "hoop_tls_libraries_discovered"
+                    && x.labels.get("kind") == Some(kind)),
+            "series for kind {kind}"
+        );
+    }
+    let discovered = value(&s, "hoop_tls_libraries_discovered", &[]);
+    let attached = value(&s, "hoop_tls_libraries_attached", &[]);
+    assert!(
+        attached >= 1.0 && attached <= discovered,
+        "attached {attached} of {discovered}"
+    );
+    assert!(s.docs.contains_key("hoop_tls_attach_failures_total"));
+    eprintln!(
+        "discovered {discovered} (libssl {libssl}), attached {attached}, failures {}",
+        value(&s, "hoop_tls_attach_failures_total", &[])
+    );
+    Ok(())
+}
+
+/// A Python TLS client (OpenSSL, probed) sending non-HTTP bytes to a TLS server in the same
+/// process: random bytes, then text that is no HTTP message, then a broken HTTP head.
+const GARBAGE_OVER_TLS: &str = r#"
+import os, socket, ssl, sys, threading
+cert, key = sys.argv[1], sys.argv[2]
+srv = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+srv.load_cert_chain(cert, key)
+lst = socket.socket()
+lst.bind(("127.0.0.1", 0))
+lst.listen(1)
+got = [0]
+def sink():
+    c, _ = lst.accept()
+    with srv.wrap_socket(c, server_side=True) as s:
+        while True:
+            d = s.recv(65536)
+            if not d:
+                return
+            got[0] += len(d)
+t = threading.Thread(target=sink)
+t.start()
+cli = ssl.create_default_context(cafile=cert)
+s = cli.wrap_socket(socket.create_connection(("127.0.0.1", lst.getsockname()[1])), server_hostname="127.0.0.1")
+sent = 0
+for i in range(50):
+    for m in (os.urandom(300), b"hello, this is not HTTP at all\r\n\x00\x01\x02\r\n\r\n",
+              b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: banana\r\n\r\n"):
+        s.sendall(m)
+        sent += len(m)
+s.close()
+t.join()
+print(sent, got[0])
+"#;
+
+#[test]
+fn parse_errors_counter_moves_on_garbage_plaintext() -> Result<()> {
+    let emu = Emulator::start()?;
+    let agent = Agent::start(&[])?;
+    let before = scrape(&agent)?;
+    let errors0 = value(&before, "hoop_parse_errors_total", &[]);
+    let garbage0 = value(&before, "hoop_parse_errors_total", &[("kind", "garbage")]);
+    let dir = TempDir::new("garbage")?;
+    let (cert, key) = make_cert(dir.path())?;
+    let mut cmd = python();
+    cmd.arg("-c").arg(GARBAGE_OVER_TLS).arg(&cert).arg(&key);
+    let (pid, out) = run_client(cmd)?;
+    let counts: Vec<u64> = out
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    assert!(
+        counts.len() == 2 && counts[0] == counts[1] && counts[0] > 0,
+        "the server read everything the client sent: {out}"
+    );
+    let after = wait_metrics(&agent, "parse errors from the garbage", |s| {
+        value(s, "hoop_parse_errors_total", &[("kind", "garbage")]) > garbage0
+    })?;
+    eprintln!(
+        "parse errors: {errors0} -> {} ({:?})",
+        value(&after, "hoop_parse_errors_total", &[]),
+        after
+            .samples
+            .iter()
+            .filter(|x| x.metric == "hoop_parse_errors_total")
+            .map(|x| (
+                x.labels.get("kind").unwrap_or_default().to_string(),
+                format!("{:?}", x.value)
+            ))
+            .collect::<Vec<_>>()
+    );
+    assert!(value(&after, "hoop_parse_errors_total", &[]) > errors0);
+    // Garbage is no AWS call: no record for that process.
+    assert!(
+        agent.records_of(pid).is_empty(),
+        "records of the garbage client"
+    );
+    // Nothing crashed: the agent is healthy and still captures calls.
+    assert_eq!(agent.http_get("/healthz")?.0, 200);
+    let (pid, made) = boto3_calls(&emu, 2)?;
+    let recs = agent.wait_records(pid, WAIT, |r| r.len() >= made as usize);
+    assert_eq!(recs.len(), made as usize, "calls after the garbage");
+    Ok(())
+}
+
+#[test]
+fn pending_approvals_gauge_follows_a_real_approval() -> Result<()> {
+    let emu = Emulator::start()?;
+    // Scoped to an access key only this test uses: no other process on the host is affected.
+    let key = format!("AKIAHOOPPRODAPR{:05}", std::process::id() % 100_000);
+    let dir = TempDir::new("approval")?;
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "rules:\n  - name: ask-first\n    effect: approve\n    grant_ttl: 5m\n    match:\n      access_keys: [\"{key}\"]\n      actions: [\"dynamodb:DescribeTable\"]\n"
+        ),
+    )?;
+    let agent = Agent::start(&["--policy", policy.to_str().unwrap_or_default()])?;
+    let s = scrape(&agent)?;
+    assert_eq!(value(&s, "hoop_approvals_pending", &[]), 0.0);
+    assert_eq!(
+        value(&s, "hoop_approval_oldest_pending_timestamp_seconds", &[]),
+        0.0
+    );
+    let t0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs_f64();
+    let mut cmd = python();
+    cmd.arg(client_script("enforce_calls.py"))
+        .arg("describe-table:hoop-approval-gauge");
+    emu.client_env(&mut cmd);
+    cmd.env("AWS_ACCESS_KEY_ID", &key);
+    let (pid, out) = run_client(cmd)?;
+    assert!(
+        out.contains("\"ok\": false") || out.contains("\"ok\":false"),
+        "the call waits for approval: {out}"
+    );
+    let s = wait_metrics(&agent, "one pending approval", |s| {
+        value(s, "hoop_approvals_pending", &[]) == 1.0
+    })?;
+    let oldest = value(&s, "hoop_approval_oldest_pending_timestamp_seconds", &[]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs_f64();
+    assert!(
+        oldest >= t0 - 2.0 && oldest <= now + 2.0,
+        "oldest pending {oldest} not within the call's time [{t0}, {now}]"
+    );
+    // The same approval through the API.
+    let (ok, list, err) = agent.cli(&["approvals", "list"])?;
+    assert!(ok, "{err}");
+    let list: Value = serde_json::from_str(&list)?;
+    let id = list["approvals"]
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|a| a["pid"] == pid && a["state"] == "pending")
+        })
+        .and_then(|a| a["id"].as_u64())
+        .with_context(|| format!("pending approval of pid {pid}: {list}"))?;
+    let (ok, _, err) = agent.cli(&["approvals", "approve", &id.to_string()])?;
+    assert!(ok, "approve: {err}");
+    let s = wait_metrics(&agent, "no pending approval", |s| {
+        value(s, "hoop_approvals_pending", &[]) == 0.0
+    })?;
+    assert_eq!(
+        value(&s, "hoop_approval_oldest_pending_timestamp_seconds", &[]),
+        0.0
+    );
+    Ok(())
+}
+
+#[test]
+fn identity_labels_are_capped() -> Result<()> {
+    let emu = Emulator::start()?;
+    let agent = Agent::start(&["--metrics-identity-cap", "1"])?;
+    let key_a = format!("AKIAHOOPCAPA{:08}", std::process::id());
+    let key_b = format!("AKIAHOOPCAPB{:08}", std::process::id());
+    // DynamoDB only: an STS GetCallerIdentity would teach both keys the emulator's single
+    // principal ARN, which is then the identity of both.
+    let calls_as = |key: &str| -> Result<u32> {
+        let mut cmd = python();
+        cmd.arg("-c").arg(TAGGED_CALLS).arg("3");
+        emu.client_env(&mut cmd);
+        cmd.env("AWS_ACCESS_KEY_ID", key);
+        run_client(cmd)?;
+        Ok(3)
+    };
+    let made_a = calls_as(&key_a)?;
+    let made_b = calls_as(&key_b)?;
+    let total = (made_a + made_b) as f64;
+    let s = wait_metrics(&agent, "both clients' calls by identity", |s| {
+        value(s, "hoop_identity_calls_total", &[]) >= total
+    })?;
+    let labelled: Vec<&str> = s
+        .samples
+        .iter()
+        .filter(|x| x.metric == "hoop_identity_calls_total")
+        .filter_map(|x| x.labels.get("identity"))
+        .filter(|i| *i != "other")
+        .collect();
+    eprintln!("identity series: {labelled:?} + other");
+    assert_eq!(labelled.len(), 1, "cap 1: {labelled:?}");
+    // The first identity seen keeps its label (A, unless another suite's client came first);
+    // B, seen later, is folded into "other".
+    assert!(!labelled.contains(&key_b.as_str()), "{labelled:?}");
+    assert!(
+        value(&s, "hoop_identity_calls_total", &[("identity", "other")]) >= made_b as f64,
+        "B's calls counted under other"
+    );
     Ok(())
 }
