@@ -1020,6 +1020,11 @@ fn tls_discovery_and_attach_series() -> Result<()> {
 const GARBAGE_OVER_TLS: &str = r#"
 import os, socket, ssl, sys, threading
 cert, key = sys.argv[1], sys.argv[2]
+msgs = []
+for i in range(50):
+    msgs += [os.urandom(300), b"hello, this is not HTTP at all\r\n\x00\x01\x02\r\n\r\n",
+             b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: banana\r\n\r\n"]
+total = sum(len(m) for m in msgs)
 srv = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 srv.load_cert_chain(cert, key)
 lst = socket.socket()
@@ -1029,7 +1034,7 @@ got = [0]
 def sink():
     c, _ = lst.accept()
     with srv.wrap_socket(c, server_side=True) as s:
-        while True:
+        while got[0] < total:
             d = s.recv(65536)
             if not d:
                 return
@@ -1038,15 +1043,13 @@ t = threading.Thread(target=sink)
 t.start()
 cli = ssl.create_default_context(cafile=cert)
 s = cli.wrap_socket(socket.create_connection(("127.0.0.1", lst.getsockname()[1])), server_hostname="127.0.0.1")
-sent = 0
-for i in range(50):
-    for m in (os.urandom(300), b"hello, this is not HTTP at all\r\n\x00\x01\x02\r\n\r\n",
-              b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: banana\r\n\r\n"):
-        s.sendall(m)
-        sent += len(m)
-s.close()
+for m in msgs:
+    s.sendall(m)
+# Close only once the server has read everything (closing with unread session tickets in the
+# receive queue would reset the connection).
 t.join()
-print(sent, got[0])
+s.close()
+print(total, got[0])
 "#;
 
 #[test]
@@ -1069,8 +1072,10 @@ fn parse_errors_counter_moves_on_garbage_plaintext() -> Result<()> {
         counts.len() == 2 && counts[0] == counts[1] && counts[0] > 0,
         "the server read everything the client sent: {out}"
     );
+    // 150 garbage writes (and as many reads on the server side): at least a third of them
+    // count, whatever other processes on the host add.
     let after = wait_metrics(&agent, "parse errors from the garbage", |s| {
-        value(s, "hoop_parse_errors_total", &[("kind", "garbage")]) > garbage0
+        value(s, "hoop_parse_errors_total", &[("kind", "garbage")]) >= garbage0 + 50.0
     })?;
     eprintln!(
         "parse errors: {errors0} -> {} ({:?})",
