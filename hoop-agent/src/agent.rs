@@ -398,11 +398,14 @@ impl EventLoop {
             ("garbage", s.garbage_heads, p.garbage_heads),
             ("broken_message", s.broken_messages, p.broken_messages),
             ("lost_in_connection", s.gaps, p.gaps),
+            ("h2_broken", s.h2_broken, p.h2_broken),
         ] {
             m.parse_errors
                 .with_label_values(&[kind])
                 .inc_by(now.saturating_sub(before));
         }
+        m.connections_reused
+            .inc_by(s.reused_addresses.saturating_sub(p.reused_addresses));
         self.last_parse = s;
         m.connections.set(self.assembler.connections() as i64);
         m.process_cache.set(self.identity.processes().len() as i64);

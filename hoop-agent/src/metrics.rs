@@ -38,6 +38,7 @@ pub struct Metrics {
     pub uprobes: IntGauge,
     pub connections: IntGauge,
     pub connections_muted: IntCounter,
+    pub connections_reused: IntCounter,
     pub process_cache: IntGauge,
     pub principals: IntGauge,
     pub store_events: IntCounter,
@@ -171,6 +172,11 @@ impl Metrics {
                 &r,
                 "server_connections_muted_total",
                 "Server-side TLS connections the kernel was told to stop copying",
+            )?,
+            connections_reused: counter(
+                &r,
+                "connection_address_reuses_total",
+                "New connections found at the address of an old one (Go *tls.Conn reuse)",
             )?,
             process_cache: gauge(
                 &r,
