@@ -28,6 +28,10 @@ pub struct StoreSection {
     pub dump_dir: Option<PathBuf>,
     /// Period of the rotating dump, e.g. `15m`.
     pub dump_every: String,
+    /// sled's page cache, e.g. `8MiB`. sled's resident memory is several times this figure and
+    /// grows towards it as the store fills, so it bounds the agent's memory; older pages are
+    /// read back from the OS page cache.
+    pub cache: String,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -47,6 +51,7 @@ impl Default for StoreSection {
             mask: Vec::new(),
             dump_dir: None,
             dump_every: "15m".into(),
+            cache: "8MiB".into(),
         }
     }
 }
@@ -68,10 +73,16 @@ impl StoreSection {
             ),
             None => None,
         };
+        let cache_bytes = self
+            .cache
+            .parse::<bytesize::ByteSize>()
+            .map_err(|e| anyhow::anyhow!("store.cache: {:?}: {e}", self.cache))?
+            .as_u64();
         Ok(StoreConfig {
             flush_interval: Duration::from_millis(self.flush_interval_ms.max(10)),
             max_age,
             max_bytes,
+            cache_bytes,
             ..StoreConfig::default()
         })
     }
@@ -422,6 +433,12 @@ mod tests {
         assert_eq!(c.flush_interval, Duration::from_millis(500));
         assert_eq!(c.max_age, Some(Duration::from_secs(30 * 86400)));
         assert_eq!(c.max_bytes, Some(10 * 1024 * 1024 * 1024));
+        assert_eq!(c.cache_bytes, 8 << 20, "default page cache");
+        let big: StoreSection = serde_yaml::from_str("cache: 64MiB\n").expect("yaml");
+        assert_eq!(big.store_config().expect("config").cache_bytes, 64 << 20);
+        let junk: StoreSection = serde_yaml::from_str("cache: lots\n").expect("yaml");
+        let e = junk.store_config().expect_err("bad size");
+        assert!(e.to_string().contains("store.cache"), "{e}");
         let bad: StoreSection =
             serde_yaml::from_str("retention:\n  max_age: forever\n").expect("yaml");
         assert!(bad.store_config().is_err());

@@ -34,7 +34,7 @@ pub struct StoreConfig {
     pub max_bytes: Option<u64>,
     /// How often the background thread applies retention.
     pub retention_interval: Duration,
-    /// sled page cache size.
+    /// sled page cache size (its resident memory is several times this).
     pub cache_bytes: u64,
     /// Verify the whole chain at open (the unflushed tail is always verified).
     pub verify_on_open: bool,
@@ -48,7 +48,7 @@ impl Default for StoreConfig {
             max_age: None,
             max_bytes: None,
             retention_interval: Duration::from_secs(60),
-            cache_bytes: 256 << 20,
+            cache_bytes: 8 << 20,
             verify_on_open: false,
         }
     }
