@@ -193,6 +193,25 @@ impl Emulator {
     }
 }
 
+/// `GET path` on a plain-HTTP endpoint (the agent's metrics and health server): status and body.
+pub fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: hoop\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((status, body.to_string()))
+}
+
 /// The real agent, started with `hoop-agent run`.
 pub struct Agent {
     pub output: PathBuf,
@@ -313,21 +332,7 @@ impl Agent {
 
     /// GET a path of the agent's metrics endpoint; returns (status, body).
     pub fn http_get(&self, path: &str) -> Result<(u16, String)> {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(&self.metrics_addr)?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: hoop\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut buf = String::new();
-        s.read_to_string(&mut buf)?;
-        let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        Ok((status, body.to_string()))
+        http_get(&self.metrics_addr, path)
     }
 
     /// Waits until the agent logged a line containing `needle`.

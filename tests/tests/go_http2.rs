@@ -154,6 +154,17 @@ const V1_OPS: [&str; 6] = [
     "PutItem",
 ];
 
+/// Successful calls of `operation` a Go client made over `http` (`HTTP/1.1` or `HTTP/2`).
+fn go_calls(recs: &[Value], operation: &str, http: &str) -> usize {
+    recs.iter()
+        .filter(|r| {
+            r["aws"]["operation"] == operation
+                && r["connection"]["http"] == http
+                && r["connection"]["tls"] == "go"
+                && r["response"]["status"] == 200
+        })
+        .count()
+}
 #[test]
 fn go_sdk_v2_over_http1_is_captured_once_each() -> anyhow::Result<()> {
     let bin = go_bin("sdkv2", false)?;
@@ -220,15 +231,7 @@ fn go_many_goroutines_never_crash_and_every_call_is_recorded() -> anyhow::Result
         agent.wait_records(pid, Duration::from_secs(60), |r| r.len() >= want);
         std::thread::sleep(Duration::from_millis(500));
         let recs = agent.records_of(pid);
-        let ok = recs
-            .iter()
-            .filter(|r| {
-                r["aws"]["operation"] == "GetCallerIdentity"
-                    && r["connection"]["http"] == http
-                    && r["connection"]["tls"] == "go"
-                    && r["response"]["status"] == 200
-            })
-            .count();
+        let ok = go_calls(&recs, "GetCallerIdentity", http);
         assert_eq!(
             (ok, recs.len()),
             (want, want),
@@ -301,15 +304,7 @@ fn go_write_restarted_by_stack_growth_is_captured_once() -> anyhow::Result<()> {
         agent.wait_records(pid, Duration::from_secs(60), |r| r.len() >= CALLS);
         std::thread::sleep(Duration::from_millis(500));
         let recs = agent.records_of(pid);
-        let ok = recs
-            .iter()
-            .filter(|r| {
-                r["aws"]["operation"] == "ListBuckets"
-                    && r["connection"]["http"] == http
-                    && r["connection"]["tls"] == "go"
-                    && r["response"]["status"] == 200
-            })
-            .count();
+        let ok = go_calls(&recs, "ListBuckets", http);
         assert_eq!(
             (ok, recs.len()),
             (CALLS, CALLS),
@@ -339,16 +334,7 @@ fn go_connection_churn_for_a_minute_is_recorded_exactly() -> anyhow::Result<()> 
     agent.wait_records(pid, Duration::from_secs(60), |r| r.len() >= calls);
     std::thread::sleep(Duration::from_millis(500));
     let recs = agent.records_of(pid);
-    let ok = |http: &str| {
-        recs.iter()
-            .filter(|r| {
-                r["aws"]["operation"] == "GetCallerIdentity"
-                    && r["connection"]["http"] == http
-                    && r["connection"]["tls"] == "go"
-                    && r["response"]["status"] == 200
-            })
-            .count()
-    };
+    let ok = |http: &str| go_calls(&recs, "GetCallerIdentity", http);
     let (h2, h1) = (ok("HTTP/2"), ok("HTTP/1.1"));
     // One connection per call, keyed by its *tls.Conn address: fewer addresses than calls
     // means new connections did land on freed ones.

@@ -926,22 +926,7 @@ fn readyz_answers_503_until_probes_are_attached() -> Result<()> {
         .spawn()?;
     let pid = child.id();
     let guard = Guard(child);
-    let get = |path: &str| -> Result<(u16, String)> {
-        let mut s = std::net::TcpStream::connect(&addr)?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: hoop\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut buf = String::new();
-        s.read_to_string(&mut buf)?;
-        let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        Ok((status, body.to_string()))
-    };
+    let get = |path: &str| http_get(&addr, path);
     // Poll from the first moment the endpoint answers.
     let start = Instant::now();
     let mut seen = Vec::new();
