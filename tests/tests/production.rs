@@ -239,16 +239,31 @@ fn lost_records_counter_moves_when_the_ring_overflows() -> Result<()> {
         "the agent warns about the loss"
     );
 
-    // It keeps working: health, readiness, and later calls are captured.
+    // It keeps working: health, readiness, and later calls are captured. A one-page ring can
+    // also overflow on a single call's records when the agent is not scheduled in time (a
+    // busy machine), so a client run that misses a call must show it in the lost counter:
+    // loss is counted, never silent. Within a few runs, one is captured whole.
     assert_eq!(agent.http_get("/healthz")?.0, 200);
     assert_eq!(agent.http_get("/readyz")?.0, 200);
-    let (pid, made) = boto3_calls(&emu, 2)?;
-    let recs = agent.wait_records(pid, WAIT, |r| r.len() >= made as usize);
-    assert_eq!(
-        recs.len(),
-        made as usize,
-        "calls after the overflow: {recs:#?}"
-    );
+    let mut whole = false;
+    for attempt in 0..5 {
+        let lost = value(&scrape(&agent)?, "hoop_records_lost_total", &[]);
+        let (pid, made) = boto3_calls(&emu, 2)?;
+        let recs = agent.wait_records(pid, Duration::from_secs(5), |r| r.len() >= made as usize);
+        if recs.len() == made as usize {
+            whole = true;
+            break;
+        }
+        let s = wait_metrics(&agent, "the loss of a missing call", |s| {
+            value(s, "hoop_records_lost_total", &[]) > lost
+        })?;
+        eprintln!(
+            "attempt {attempt}: {} of {made} calls, lost counter {lost} -> {}",
+            recs.len(),
+            value(&s, "hoop_records_lost_total", &[])
+        );
+    }
+    assert!(whole, "no client run after the overflow was captured whole");
     Ok(())
 }
 
