@@ -236,8 +236,9 @@ fn init_logging(format: &str) {
 
 /// At most two malloc arenas. glibc gives busy threads arenas of their own (up to 8 per CPU);
 /// the agent's threads (event loop, discovery, sled's flusher, API, metrics) then each keep a
-/// high-water mark of freed memory. Measured with `./x bench soak` (7.5 min, 250 calls/s):
-/// second-half RSS growth 1.73 MiB/min with the default, 0.77 with two arenas.
+/// high-water mark of freed memory. Measured with `./x bench soak` (7.5 min, about 250
+/// calls/s, one run each): second-half RSS growth 1.73 MiB/min with the default arenas, 0.77
+/// and 1.05 with two.
 fn limit_malloc_arenas() {
     #[cfg(target_env = "gnu")]
     // SAFETY: called first thing in main, before any other thread exists.
