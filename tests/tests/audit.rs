@@ -685,20 +685,27 @@ fn sigkill_during_heavy_ingest_keeps_all_but_the_last_flush_interval() -> anyhow
     Ok(())
 }
 
-#[test]
-fn rotating_dumps_hold_every_call_once() -> anyhow::Result<()> {
-    let emu = Emulator::start()?;
-    let cfg_dir = TempDir::new("dumpcfg")?;
-    let dumps = cfg_dir.path().join("dumps");
-    let cfg = cfg_dir.path().join("config.yaml");
-    // Short windows and a short response timeout so a window closes within seconds.
+/// A config file with rotating dumps every `period` into a fresh directory, and a 2 s
+/// response timeout: (the temp dir to keep alive, the dump directory, the config path).
+fn dump_config(period: &str) -> anyhow::Result<(TempDir, std::path::PathBuf, std::path::PathBuf)> {
+    let dir = TempDir::new("dumpcfg")?;
+    let dumps = dir.path().join("dumps");
+    let cfg = dir.path().join("config.yaml");
     std::fs::write(
         &cfg,
         format!(
-            "store:\n  dump_dir: {}\n  dump_every: 2s\ncapture:\n  response_timeout_secs: 2\n",
+            "store:\n  dump_dir: {}\n  dump_every: {period}\ncapture:\n  response_timeout_secs: 2\n",
             dumps.display()
         ),
     )?;
+    Ok((dir, dumps, cfg))
+}
+
+#[test]
+fn rotating_dumps_hold_every_call_once() -> anyhow::Result<()> {
+    let emu = Emulator::start()?;
+    // Short windows and a short response timeout so a window closes within seconds.
+    let (_cfg_dir, dumps, cfg) = dump_config("2s")?;
     let mut agent = Agent::start(&["--config", cfg.to_str().unwrap_or_default()])?;
     let (pid, _) = fixed_mix(&emu)?;
     let file = agent.wait_records(pid, WAIT, |r| r.len() >= 12);
@@ -868,17 +875,8 @@ fn planted_kms_lambda_and_object_body_never_reach_the_disk() -> anyhow::Result<(
 #[test]
 fn restart_closes_cleanly_and_rotating_dumps_continue_exactly() -> anyhow::Result<()> {
     let emu = Emulator::start()?;
-    let cfg_dir = TempDir::new("dumpcfg")?;
-    let dumps = cfg_dir.path().join("dumps");
-    let cfg = cfg_dir.path().join("config.yaml");
     // Windows longer than the test, so only the final window at shutdown writes a file.
-    std::fs::write(
-        &cfg,
-        format!(
-            "store:\n  dump_dir: {}\n  dump_every: 1h\ncapture:\n  response_timeout_secs: 2\n",
-            dumps.display()
-        ),
-    )?;
+    let (_cfg_dir, dumps, cfg) = dump_config("1h")?;
     let args = ["--config", cfg.to_str().unwrap_or_default()];
     let mut agent = Agent::start(&args)?;
     let (pid1, _) = fixed_mix(&emu)?;
