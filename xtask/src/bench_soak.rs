@@ -1,7 +1,8 @@
 //! `cargo xtask bench soak`: the release agent under steady boto3 load for 18 min x scale
 //! (the agent warms up for several minutes before its memory levels off, so the second half
-//! of a shorter run still reads as growth), its resident memory sampled from /proc/PID/status. Prints the series, the
-//! maximum and the slope (least squares, whole run and second half, in MiB per minute).
+//! of a shorter run still reads as growth), its resident memory sampled from
+//! /proc/PID/status. Prints the series, the maximum and the slope (least squares, whole run
+//! and second half, in MiB per minute).
 //! Target: flat, under 128 MiB. Exits non-zero when the maximum reaches 128 MiB or the
 //! second-half slope exceeds [`MAX_SLOPE_MIB_PER_MIN`].
 
