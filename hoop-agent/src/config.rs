@@ -483,8 +483,10 @@ mod tests {
             .expect_err("too long");
         assert!(e.starts_with("--response-timeout: "), "{e}");
         // A bad value from the file keeps naming the key.
-        let mut c = Config::default();
-        c.metrics_addr = "x".into();
+        let mut c = Config {
+            metrics_addr: "x".into(),
+            ..Config::default()
+        };
         let e = c.apply(&Overrides::default()).expect_err("file value");
         assert!(e.starts_with("metrics_addr: "), "{e}");
     }
