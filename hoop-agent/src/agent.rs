@@ -461,16 +461,12 @@ impl EventLoop {
         let Some(resp) = ex.response.as_ref() else {
             return;
         };
-        let learned = self.identity.principals().learn_from_exchange(
-            &hoop_identity::principal::HttpExchange {
-                host: ex.request.head.header_str("host"),
-                method: &ex.request.head.method,
-                target: &ex.request.head.target,
-                signing_access_key_id: None,
-                status: resp.head.status,
-                response_body: &resp.body,
-            },
-        );
+        let learned = self.identity.principals().learn_from_exchange(&learnable(
+            ex,
+            resp,
+            ex.request.head.header_str("host"),
+            None,
+        ));
         if let Some(l) = learned {
             info!(
                 access_key_id = %l.access_key_id,
@@ -491,16 +487,12 @@ impl EventLoop {
         // instance-metadata or container credential endpoints.
         let may_teach = akid.is_none() || rec.aws.service == "sts";
         if let Some(resp) = ex.response.as_ref().filter(|_| may_teach) {
-            let _ = self.identity.principals().learn_from_exchange(
-                &hoop_identity::principal::HttpExchange {
-                    host: rec.request.host.as_deref(),
-                    method: &ex.request.head.method,
-                    target: &ex.request.head.target,
-                    signing_access_key_id: akid.as_deref(),
-                    status: resp.head.status,
-                    response_body: &resp.body,
-                },
-            );
+            let _ = self.identity.principals().learn_from_exchange(&learnable(
+                ex,
+                resp,
+                rec.request.host.as_deref(),
+                akid.as_deref(),
+            ));
         }
         let o = &ex.origin;
         let (mut process, workload, mut identity) =
@@ -580,6 +572,23 @@ impl EventLoop {
             w.flush()?;
         }
         sink.flush()
+    }
+}
+
+/// What the principal map reads of an exchange and its response.
+fn learnable<'a>(
+    ex: &'a Exchange,
+    resp: &'a crate::http::Message,
+    host: Option<&'a str>,
+    signing_access_key_id: Option<&'a str>,
+) -> hoop_identity::principal::HttpExchange<'a> {
+    hoop_identity::principal::HttpExchange {
+        host,
+        method: &ex.request.head.method,
+        target: &ex.request.head.target,
+        signing_access_key_id,
+        status: resp.head.status,
+        response_body: &resp.body,
     }
 }
 

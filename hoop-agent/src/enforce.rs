@@ -185,10 +185,7 @@ pub fn start(ebpf: &mut Ebpf, opts: &EnforceOptions) -> Result<Enforcer> {
     let root = cgroup2_mount()?;
     let socks: SockHash<MapData, u64> = take(ebpf, "ENF_SOCKS")?;
     {
-        let p: &mut SkMsg = ebpf
-            .program_mut("hoop_sk_msg")
-            .ok_or_else(|| anyhow!("hoop_sk_msg missing"))?
-            .try_into()?;
+        let p: &mut SkMsg = crate::probes::program(ebpf, "hoop_sk_msg")?;
         p.load().context("load sk_msg")?;
         p.attach(socks.fd()).context("attach sk_msg to ENF_SOCKS")?;
     }
@@ -197,18 +194,12 @@ pub fn start(ebpf: &mut Ebpf, opts: &EnforceOptions) -> Result<Enforcer> {
     // `State::ensure_sockets`): a socket can be attached to one sk_msg program only, so an
     // agent that enforces nothing must not claim the host's sockets.
     let sock_ops_prog = {
-        let p: &mut SockOps = ebpf
-            .program_mut("hoop_sock_ops")
-            .ok_or_else(|| anyhow!("hoop_sock_ops missing"))?
-            .try_into()?;
+        let p: &mut SockOps = crate::probes::program(ebpf, "hoop_sock_ops")?;
         p.load().context("load sock_ops")?;
         p.fd()?.try_clone().context("dup sock_ops fd")?
     };
     for name in ["hoop_connect4", "hoop_connect6"] {
-        let p: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .ok_or_else(|| anyhow!("{name} missing"))?
-            .try_into()?;
+        let p: &mut CgroupSockAddr = crate::probes::program(ebpf, name)?;
         p.load().with_context(|| format!("load {name}"))?;
         p.attach(&cg, CgroupAttachMode::Single)
             .with_context(|| format!("attach {name}"))?;

@@ -30,6 +30,17 @@ const PLAIN_CREDENTIAL_ENDPOINTS: [(&str, u16); 5] = [
     ("fd00:ec2::23", 80),
 ];
 
+/// Program `name` of the eBPF object as its type (`UProbe`, `CgroupSkb`, ...).
+pub fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let p = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from eBPF object"))?;
+    Ok(p.try_into()?)
+}
+
 /// Loaded programs and the files they are attached to.
 pub struct Probes {
     ebpf: Ebpf,
@@ -172,20 +183,12 @@ impl Probes {
         let go = crate::go_discovery::GO_FUNCTIONS.map(|(_, p)| p);
         for (_, entry, ret) in OPENSSL_FUNCTIONS {
             for name in std::iter::once(entry).chain(ret) {
-                let p: &mut UProbe = self
-                    .ebpf
-                    .program_mut(name)
-                    .ok_or_else(|| anyhow!("program {name} missing from eBPF object"))?
-                    .try_into()?;
+                let p: &mut UProbe = program(&mut self.ebpf, name)?;
                 p.load().with_context(|| format!("load {name}"))?;
             }
         }
         for name in go {
-            let p: &mut UProbe = self
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("program {name} missing from eBPF object"))?
-                .try_into()?;
+            let p: &mut UProbe = program(&mut self.ebpf, name)?;
             p.load().with_context(|| format!("load {name}"))?;
         }
         Ok(())
@@ -202,11 +205,7 @@ impl Probes {
         )?;
         map.set(0, &offsets, 0)?;
         for name in ["sched_process_exec", "sched_process_exit"] {
-            let p: &mut TracePoint = self
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("program {name} missing"))?
-                .try_into()?;
+            let p: &mut TracePoint = program(&mut self.ebpf, name)?;
             p.load().with_context(|| format!("load {name}"))?;
             p.attach("sched", name)
                 .with_context(|| format!("attach tracepoint sched/{name}"))?;
@@ -242,11 +241,7 @@ impl Probes {
             ("plain_http_egress", CgroupSkbAttachType::Egress),
             ("plain_http_ingress", CgroupSkbAttachType::Ingress),
         ] {
-            let p: &mut CgroupSkb = self
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("program {name} missing"))?
-                .try_into()?;
+            let p: &mut CgroupSkb = program(&mut self.ebpf, name)?;
             p.load().with_context(|| format!("load {name}"))?;
             // A bpf_link (aya uses one on >= 5.7) always sits beside other programs on the
             // cgroup; the kernel refuses attach flags on links, so the mode must be Single.
@@ -293,11 +288,7 @@ impl Probes {
             f.section_address,
             f.section_offset,
         )?;
-        let p: &mut UProbe = self
-            .ebpf
-            .program_mut(prog)
-            .ok_or_else(|| anyhow!("program {prog} missing"))?
-            .try_into()?;
+        let p: &mut UProbe = program(&mut self.ebpf, prog)?;
         match p.attach([location], &t.open_path, UProbeScope::AllProcesses) {
             Ok(_) => Ok(1),
             Err(e) => {
