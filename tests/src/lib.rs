@@ -13,6 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod enforce;
+
 /// Dummy long-term credentials the clients sign with (the emulator accepts any).
 pub const ACCESS_KEY_ID: &str = "AKIAHOOPTEST00000001";
 pub const SECRET_ACCESS_KEY: &str = "hoopTestSecretKeyDoNotStore/0123456789abcd";

@@ -2,139 +2,12 @@
 //! the emulator. Rules are scoped to a test-unique access key or a test-owned cgroup, so other
 //! processes on the host (other suites) are never affected.
 
+use hoop_e2e::enforce::*;
 use hoop_e2e::*;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-const WAIT: Duration = Duration::from_secs(15);
-
-fn test_key(tag: u8) -> String {
-    format!("AKIAHOOPENF{:07}{tag:02}", std::process::id() % 10_000_000)
-}
-
-struct Enf {
-    agent: Agent,
-    policy: PathBuf,
-    socket: PathBuf,
-    _dir: TempDir,
-}
-
-fn start(policy: &str) -> anyhow::Result<Enf> {
-    let dir = TempDir::new("policy")?;
-    let p = dir.path().join("policy.yaml");
-    std::fs::write(&p, policy)?;
-    let socket = dir.path().join("hoop.sock");
-    let agent = Agent::start(&[
-        "--policy",
-        p.to_str().unwrap_or_default(),
-        "--api-socket",
-        socket.to_str().unwrap_or_default(),
-    ])?;
-    Ok(Enf {
-        agent,
-        policy: p,
-        socket,
-        _dir: dir,
-    })
-}
-
-/// Runs enforce_calls.py with `steps`; returns (pid, results by step).
-fn calls(
-    emu: &Emulator,
-    key: Option<&str>,
-    cgroup: Option<&Path>,
-    steps: &[String],
-) -> anyhow::Result<(u32, Vec<Value>)> {
-    let script = client_script("enforce_calls.py");
-    let py = repo_root().join(".venv/bin/python");
-    let mut cmd = match cgroup {
-        Some(cg) => {
-            let mut c = Command::new("sh");
-            c.arg("-c")
-                .arg(format!(
-                    "echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"",
-                    cg.display()
-                ))
-                .arg(&py)
-                .arg(&script);
-            c
-        }
-        None => {
-            let mut c = Command::new(&py);
-            c.arg(&script);
-            c
-        }
-    };
-    cmd.args(steps);
-    emu.client_env(&mut cmd);
-    if let Some(k) = key {
-        cmd.env("AWS_ACCESS_KEY_ID", k);
-    }
-    let (pid, out) = run_client(cmd)?;
-    let res = out
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    Ok((pid, res))
-}
-
-fn ok_of(res: &[Value], step: &str) -> bool {
-    res.iter()
-        .find(|r| r["step"] == step)
-        .and_then(|r| r["ok"].as_bool())
-        .unwrap_or_else(|| panic!("no result for {step} in {res:?}"))
-}
-
-fn ms_of(res: &[Value], step: &str) -> f64 {
-    res.iter()
-        .find(|r| r["step"] == step)
-        .and_then(|r| r["ms"].as_f64())
-        .unwrap_or(f64::MAX)
-}
-
-fn s(x: impl Into<String>) -> String {
-    x.into()
-}
-
-fn decision_of<'a>(recs: &'a [Value], op: &str) -> Vec<&'a Value> {
-    recs.iter()
-        .filter(|r| r["aws"]["operation"] == op)
-        .map(|r| &r["decision"])
-        .collect()
-}
-
-fn cgroup2() -> PathBuf {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    for l in text.lines() {
-        if let Some((pre, post)) = l.split_once(" - ")
-            && post.starts_with("cgroup2 ")
-            && let Some(mp) = pre.split_whitespace().nth(4)
-        {
-            return PathBuf::from(mp);
-        }
-    }
-    PathBuf::from("/sys/fs/cgroup")
-}
-
-/// A child cgroup under the cgroup2 root, removed on drop.
-struct Cgroup(PathBuf, String);
-
-impl Cgroup {
-    fn new(tag: &str) -> anyhow::Result<Self> {
-        let name = format!("hoop-e2e-{tag}-{}", std::process::id());
-        let p = cgroup2().join(&name);
-        std::fs::create_dir_all(&p)?;
-        Ok(Cgroup(p, format!("/{name}")))
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
 
 #[test]
 fn denied_calls_fail_and_leave_the_emulator_unchanged() -> anyhow::Result<()> {
@@ -393,25 +266,6 @@ print(json.dumps(out))
     drop((l4, l6));
     enf.agent.stop()?;
     Ok(())
-}
-
-fn libc_eperm() -> Value {
-    Value::from(1)
-}
-
-fn cli(socket: &Path, args: &[&str]) -> anyhow::Result<Value> {
-    let out = Command::new(agent_bin())
-        .arg("approvals")
-        .arg("--api-socket")
-        .arg(socket)
-        .args(args)
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "approvals {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(serde_json::from_slice(&out.stdout)?)
 }
 
 #[test]
@@ -701,12 +555,6 @@ fn connections_opened_before_the_agent_are_enforced() -> anyhow::Result<()> {
     );
     enf.agent.stop()?;
     Ok(())
-}
-
-fn proc_state(pid: u32) -> Option<char> {
-    let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // pid (comm) STATE ...: comm may hold spaces and parens, the state follows the last ')'.
-    st.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
 #[test]
