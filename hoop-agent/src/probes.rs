@@ -185,6 +185,10 @@ impl Probes {
             for name in std::iter::once(entry).chain(ret) {
                 let p: &mut UProbe = program(&mut self.ebpf, name)?;
                 p.load().with_context(|| format!("load {name}"))?;
+                // The write probes carry the enforcement classifier: how close it is to the
+                // verifier's 1M-instruction budget.
+                let verified = p.info().ok().and_then(|i| i.verified_instruction_count());
+                debug!(program = name, verified_insns = ?verified, "uprobe loaded");
             }
         }
         for name in go {

@@ -83,7 +83,10 @@ struct Scratch {
     /// back from a map are opaque to the verifier, so the loop states converge.
     target: u64,
     auth: u64,
+    host: u64,
     body: u64,
+    /// Start of the second line (the request line ends just before it).
+    line1: u64,
     found: u64,
     /// Decision state for the candidate loop (see `cand_cb`).
     req: Req,
@@ -93,6 +96,15 @@ struct Scratch {
     /// Rules whose workload includes the caller / whose keys include the signing key.
     wl: RuleMask,
     ak: RuleMask,
+    /// Request-line scan state: in the map, so every loop iteration looks alike to the
+    /// verifier (its phases and flags would multiply the states it explores).
+    ps: PathScan,
+    /// Method code and request-line offset of the path, read back from the map: as constants
+    /// they would have the verifier walk the whole classifier once per method.
+    method: u64,
+    path_at: u64,
+    /// See [`opaque`].
+    tmp: u64,
 }
 
 #[map]
@@ -120,6 +132,23 @@ fn opaque_zero() -> u64 {
             core::ptr::read_volatile(core::ptr::addr_of!((*c).zero) as *const u64)
         },
         None => 0,
+    }
+}
+
+/// `v` as a value the verifier knows nothing about (written to the map and read back). Scan
+/// results pass through it: a loop's context leaves it in one of several states (a field
+/// count, a found / not-found flag), and each would have the verifier walk everything after
+/// the loop again; the code checks the values it needs anyway.
+#[inline(always)]
+fn opaque(v: u64) -> u64 {
+    match ENF_SCRATCH.get_ptr_mut(0) {
+        // SAFETY: per-CPU scratch; volatile so the compiler keeps the round trip.
+        Some(s) => unsafe {
+            let t = core::ptr::addr_of_mut!((*s).tmp);
+            core::ptr::write_volatile(t, v);
+            core::ptr::read_volatile(t)
+        },
+        None => v,
     }
 }
 
@@ -158,12 +187,17 @@ struct LineScan {
 }
 
 const AUTH_PAT: &[u8] = b"authorization: aws4-hmac-sha256 credential=";
+const AUTH4A_PAT: &[u8] = b"authorization: aws4-ecdsa-p256-sha256 credential=";
 const TARGET_PAT: &[u8] = b"x-amz-target:";
+const HOST_PAT: &[u8] = b"host:";
 
 #[inline(always)]
 fn check_line(s: &mut Scratch, c: &LineScan, p: u64) {
     if p >= c.len {
         return;
+    }
+    if s.line1 == 0 {
+        s.line1 = p;
     }
     let b = byte(s, p);
     if b == b'\r' {
@@ -174,8 +208,16 @@ fn check_line(s: &mut Scratch, c: &LineScan, p: u64) {
         if s.target == 0 && eq_ci(s, p, TARGET_PAT) {
             s.target = p + TARGET_PAT.len() as u64;
         }
-    } else if b | 0x20 == b'a' && s.auth == 0 && eq_ci(s, p, AUTH_PAT) {
-        s.auth = p + AUTH_PAT.len() as u64;
+    } else if b | 0x20 == b'h' {
+        if s.host == 0 && eq_ci(s, p, HOST_PAT) {
+            s.host = p + HOST_PAT.len() as u64;
+        }
+    } else if b | 0x20 == b'a' && s.auth == 0 {
+        if eq_ci(s, p, AUTH_PAT) {
+            s.auth = p + AUTH_PAT.len() as u64;
+        } else if eq_ci(s, p, AUTH4A_PAT) {
+            s.auth = p + AUTH4A_PAT.len() as u64;
+        }
     }
 }
 
@@ -207,42 +249,84 @@ extern "C" fn line_cb(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
 // Credential scope: AKID/date/region/service/
 // ---------------------------------------------------------------------------------------------
 
+/// `AKID/date/region/service/aws4_request` (SigV4) or `AKID/date/service/aws4_request`
+/// (SigV4a), from a header (`/`) or a presigned URL's query (`%2F`).
 #[repr(C)]
 struct CredScan {
     base: u64,
     len: u64,
+    /// Fields ended so far; 5 once the scope ended before a fourth separator.
     field: u64,
+    /// Bytes of a `%2F` still to skip.
+    skip: u64,
     akid: u64,
-    svc: u64,
+    /// Hashes of fields 2 and 3: the service is field 3 (SigV4) or field 2 (SigV4a).
+    f2: u64,
+    f3: u64,
 }
 
 extern "C" fn cred_cb(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
     // SAFETY: see line_cb.
     let c = unsafe { &mut *(ctx as *mut CredScan) };
     let Some(s) = scratch() else { return 1 };
-    // Saturated: the verifier must see finitely many values of `field`.
+    // Saturated: the verifier must see finitely many values of `field` and `skip`.
     if c.field >= 4 {
         return 1;
     }
+    if c.skip != 0 {
+        c.skip = if c.skip >= 2 { 1 } else { 0 };
+        return 0;
+    }
     let p = (c.base & MASK) + (i & 127);
     if p >= c.len {
+        c.field = 5;
         return 1;
     }
     let b = byte(s, p);
-    if b == b'/' {
+    if b == b'/' || b == b'%' {
+        if b == b'%' {
+            c.skip = 2;
+        }
         c.field += 1;
         return if c.field >= 4 { 1 } else { 0 };
     }
-    if b == b',' || b == b' ' || b == b'\r' {
-        c.field = 5;
+    if b == b',' || b == b' ' || b == b'\r' || b == b'&' {
+        c.field += 5;
         return 1;
     }
     if c.field == 0 {
         c.akid = fnv_byte(c.akid, b);
+    } else if c.field == 2 {
+        c.f2 = fnv_byte(c.f2, b);
     } else if c.field == 3 {
-        c.svc = fnv_byte(c.svc, b);
+        c.f3 = fnv_byte(c.f3, b);
     }
     0
+}
+
+/// (access key hash, signing service hash) of the credential scope at `base`, or (0, 0).
+#[inline(always)]
+fn credential(base: u64, len: u64) -> (u64, u64) {
+    let mut c = CredScan {
+        base,
+        len,
+        field: 0,
+        skip: 0,
+        akid: FNV_OFFSET,
+        f2: FNV_OFFSET,
+        f3: FNV_OFFSET,
+    };
+    // SAFETY: bounded helper loop over a stack context.
+    unsafe { bpf_loop(128, cred_cb as *mut _, (&mut c as *mut CredScan).cast(), 0) };
+    let (akid, svc) = if c.field == 4 {
+        (c.akid, c.f3)
+    } else if c.field == 8 && c.f3 == enf::fnv(b"aws4_request") {
+        // SigV4a: the scope ended after its third separator.
+        (c.akid, c.f2)
+    } else {
+        (0, 0)
+    };
+    (opaque(akid), opaque(svc))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -317,7 +401,7 @@ fn hash_value(base: u64, len: u64, term: u8, pfx: u64) -> (u64, u64) {
     }
     // SAFETY: bounded helper loop over a stack context.
     unsafe { bpf_loop(128, hash_cb as *mut _, (&mut c as *mut HashScan).cast(), 0) };
-    (c.h, c.n)
+    (opaque(c.h), opaque(c.n) & 127)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -329,12 +413,19 @@ struct FindScan {
     base: u64,
     len: u64,
     found: u64,
-    /// 0: Action=, 1: "TableName"
+    /// FIND_ACTION, FIND_TABLE or FIND_CREDENTIAL.
     what: u64,
 }
 
 const ACTION_PAT: &[u8] = b"action=";
 const TABLE_PAT: &[u8] = b"\"tablename\"";
+const CREDENTIAL_PAT: &[u8] = b"x-amz-credential=";
+/// `Action=` as a form / query parameter.
+const FIND_ACTION: u64 = 0;
+/// `"TableName"` as a JSON key.
+const FIND_TABLE: u64 = 1;
+/// `X-Amz-Credential=` as a query parameter (presigned URL).
+const FIND_CREDENTIAL: u64 = 2;
 
 extern "C" fn find_cb(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
     // SAFETY: see line_cb.
@@ -345,12 +436,21 @@ extern "C" fn find_cb(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
         return 1;
     }
     let b = byte(s, p);
-    if c.what == 0 {
-        if b == b'A'
-            && (p == (c.base & MASK) || byte(s, p.wrapping_sub(1) & MASK) == b'&')
-            && eq_ci(s, p, ACTION_PAT)
-        {
+    // Parameters start the scanned range or follow '&' (form, query) or '?' (query).
+    let param_start = || {
+        p == (c.base & MASK) || {
+            let prev = byte(s, p.wrapping_sub(1) & MASK);
+            prev == b'&' || prev == b'?'
+        }
+    };
+    if c.what == FIND_ACTION {
+        if b == b'A' && param_start() && eq_ci(s, p, ACTION_PAT) {
             s.found = p + ACTION_PAT.len() as u64;
+            return 1;
+        }
+    } else if c.what == FIND_CREDENTIAL {
+        if b | 0x20 == b'x' && param_start() && eq_ci(s, p, CREDENTIAL_PAT) {
+            s.found = p + CREDENTIAL_PAT.len() as u64;
             return 1;
         }
     } else if b == b'"' && eq_ci(s, p, b"\"tablename") && byte(s, p + 10) == b'"' {
@@ -377,6 +477,67 @@ fn find(base: u64, len: u64, what: u64) -> u64 {
 }
 
 // ---------------------------------------------------------------------------------------------
+// S3 virtual-hosted addressing: the bucket is the Host up to `.s3.` / `.s3-`.
+// ---------------------------------------------------------------------------------------------
+
+#[repr(C)]
+struct HostScan {
+    base: u64,
+    len: u64,
+    h: u64,
+    /// Bucket length once `.s3.` / `.s3-` was found, else 0.
+    n: u64,
+}
+
+extern "C" fn host_cb(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: see line_cb.
+    let c = unsafe { &mut *(ctx as *mut HostScan) };
+    let Some(s) = scratch() else { return 1 };
+    let i = i & 127;
+    let p = (c.base & MASK) + i;
+    if p >= c.len {
+        return 1;
+    }
+    let b = byte(s, p);
+    if b == b'.' && i > 0 && byte(s, p + 1) == b's' && byte(s, p + 2) == b'3' {
+        let t = byte(s, p + 3);
+        if t == b'.' || t == b'-' {
+            c.n = i;
+            return 1;
+        }
+    }
+    if b == b':' || b == b'\r' || b == b' ' {
+        return 1;
+    }
+    c.h = fnv_byte(c.h, b);
+    s.pfx[((i + 1) & 127) as usize] = c.h;
+    0
+}
+
+/// (bucket hash, bucket length) when the Host at `base` names an S3 bucket, else (0, 0).
+/// Writes the bucket's prefix hashes to `pfx` (garbage when no bucket is found: the path scan
+/// then writes the first segment's).
+#[inline(always)]
+fn host_bucket(base: u64, len: u64) -> (u64, u64) {
+    let mut c = HostScan {
+        base: skip_sep(base),
+        len,
+        h: FNV_OFFSET,
+        n: 0,
+    };
+    if let Some(s) = scratch() {
+        s.pfx[0] = FNV_OFFSET;
+    }
+    // SAFETY: bounded helper loop over a stack context; bucket names are at most 63 bytes.
+    unsafe { bpf_loop(64, host_cb as *mut _, (&mut c as *mut HostScan).cast(), 0) };
+    if c.n == 0 {
+        (0, 0)
+    } else {
+        (opaque(c.h), opaque(c.n) & 127)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Request line: method and path shape.
 // ---------------------------------------------------------------------------------------------
 
@@ -396,7 +557,17 @@ struct PathScan {
     seg0_h: u64,
     seg0_len: u64,
     last_h: u64,
+    /// Hash of the first query key (REST operations such as `?policy` are told apart by it).
     q_h: u64,
+    /// 1 once the first query key ended.
+    q_done: u64,
+    /// Hash of the query key being read.
+    k_h: u64,
+    /// Hash of the `Action` parameter's value, and 1 once it ended (query protocol in a URL).
+    a_h: u64,
+    act: u64,
+    /// 1: record the first segment's prefix hashes in `pfx` (0 when the Host named the bucket).
+    pfx: u64,
 }
 
 #[inline(always)]
@@ -415,19 +586,20 @@ fn end_segment(c: &mut PathScan, i: u64) {
     c.seg_h = FNV_OFFSET;
 }
 
-extern "C" fn path_cb(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
-    // SAFETY: see line_cb.
-    let c = unsafe { &mut *(ctx as *mut PathScan) };
+extern "C" fn path_cb(i: u64, _ctx: *mut core::ffi::c_void) -> i64 {
     let Some(s) = scratch() else { return 1 };
     let i = i & 511;
-    let p = (c.base & 15) + i;
-    if p >= c.len {
+    let p = (s.ps.base & 15) + i;
+    if p >= s.ps.len {
         return 1;
     }
     let b = byte(s, p);
+    let c = &mut s.ps;
     if b == b' ' || b == b'\r' {
         if c.phase == 0 {
             end_segment(c, i);
+        } else if c.phase == 3 {
+            c.act = 1;
         }
         return 1;
     }
@@ -440,17 +612,38 @@ extern "C" fn path_cb(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
         } else {
             c.seg_h = fnv_byte(c.seg_h, b);
             c.nonempty = 1;
-            if c.seg0_done == 0 {
+            if c.seg0_done == 0 && c.pfx != 0 {
                 // Prefix of length i of the first segment ends here.
                 s.pfx[(i & 127) as usize] = c.seg_h;
             }
         }
     } else if c.phase == 1 {
+        // A query key.
         if b == b'=' || b == b'&' {
-            c.phase = 2;
+            c.q_done = 1;
+            c.phase = if b == b'&' {
+                c.k_h = FNV_OFFSET;
+                1
+            } else if c.k_h == enf::fnv(b"Action") && c.act == 0 {
+                3
+            } else {
+                2
+            };
         } else {
-            c.q_h = fnv_byte(c.q_h, b);
+            c.k_h = fnv_byte(c.k_h, b);
+            if c.q_done == 0 {
+                c.q_h = fnv_byte(c.q_h, b);
+            }
         }
+    } else if b == b'&' {
+        // The end of a value (phase 2) or of the Action value (phase 3).
+        if c.phase == 3 {
+            c.act = 1;
+        }
+        c.phase = 1;
+        c.k_h = FNV_OFFSET;
+    } else if c.phase == 3 {
+        c.a_h = fnv_byte(c.a_h, b);
     }
     0
 }
@@ -626,11 +819,14 @@ extern "C" fn cand_cb(i: u64, _ctx: *mut core::ffi::c_void) -> i64 {
     0
 }
 
+/// Decides the request in `s.req`. Read back from the map, its fields are opaque to the
+/// verifier: every classification path reaches this code in one state instead of one each.
 #[inline(always)]
-fn decide(ctx: &ProbeContext, cfg: &EnforceConfig, req: &Req, who: &Caller) {
+fn decide(ctx: &ProbeContext, cfg: &EnforceConfig, who: &Caller) {
     let mut key = 0u64;
     let mut found = false;
     let Some(s) = scratch() else { return };
+    let req: &Req = &{ s.req };
     let mut k = 0;
     while k < 4 {
         if (k as u64) < req.nkeys {
@@ -648,7 +844,6 @@ fn decide(ctx: &ProbeContext, cfg: &EnforceConfig, req: &Req, who: &Caller) {
     if !found {
         return;
     }
-    s.req = *req;
     s.who = *who;
     s.hit = u64::MAX;
     // One lookup per mask for all candidates (the maps are only read when a candidate needs
@@ -792,8 +987,11 @@ pub fn on_write(ctx: &ProbeContext) {
         len,
         t0,
     };
-    if let Some(req) = classify(&who, pending) {
-        decide(ctx, cfg, &req, &who);
+    if let Some(req) = classify(&who, pending)
+        && let Some(s) = scratch()
+    {
+        s.req = req;
+        decide(ctx, cfg, &who);
     }
     stat(enf::STAT_CLASSIFIED, 1);
     if t0 != 0 {
@@ -842,6 +1040,13 @@ fn classify(who: &Caller, pending: Option<PendingReq>) -> Option<Req> {
         return None;
     }
     let (m, mlen) = method(s);
+    s.method = m;
+    s.path_at = mlen;
+    let (m, mlen) = (
+        // SAFETY: plain reads of the per-CPU scratch just written.
+        unsafe { core::ptr::read_volatile(&s.method) },
+        unsafe { core::ptr::read_volatile(&s.path_at) } & 15,
+    );
     if m == 0 {
         let p = pending?;
         let _ = ENF_PENDING.remove(&who.ssl);
@@ -853,7 +1058,9 @@ fn classify(who: &Caller, pending: Option<PendingReq>) -> Option<Req> {
     let mut ls = LineScan { len: n };
     s.target = 0;
     s.auth = 0;
+    s.host = 0;
     s.body = 0;
+    s.line1 = 0;
     // SAFETY: bounded helper loops over stack contexts.
     unsafe {
         bpf_loop(
@@ -863,19 +1070,22 @@ fn classify(who: &Caller, pending: Option<PendingReq>) -> Option<Req> {
             0,
         )
     };
-    let (ls_target, ls_auth, ls_body) = (s.target & MASK, s.auth & MASK, s.body & (2 * MASK + 1));
-    let mut cs = CredScan {
-        base: ls_auth,
-        len: n,
-        field: 0,
-        akid: FNV_OFFSET,
-        svc: FNV_OFFSET,
+    let (ls_target, ls_auth, ls_host, ls_body) = (
+        s.target & MASK,
+        s.auth & MASK,
+        s.host & MASK,
+        s.body & (2 * MASK + 1),
+    );
+    // The request line ends where the second line starts.
+    let line_end = if s.line1 != 0 { s.line1 & MASK } else { n };
+    // The signing credential: the Authorization header, else a presigned URL's query.
+    let (cred_at, cred_end) = if ls_auth != 0 {
+        (ls_auth, n)
+    } else {
+        (find(mlen, line_end, FIND_CREDENTIAL), line_end)
     };
-    if ls_auth != 0 {
-        unsafe { bpf_loop(128, cred_cb as *mut _, (&mut cs as *mut CredScan).cast(), 0) };
-    }
-    let (akid, svc) = if cs.field == 4 {
-        (cs.akid, cs.svc)
+    let (akid, svc) = if cred_at != 0 {
+        credential(cred_at, cred_end)
     } else {
         (0, 0)
     };
@@ -913,7 +1123,13 @@ fn classify(who: &Caller, pending: Option<PendingReq>) -> Option<Req> {
         }
         return Some(req);
     }
-    let mut ps = PathScan {
+    // S3 virtual-hosted addressing: the bucket is in the Host, the path holds only the key.
+    let (bucket_h, bucket_n) = if svc == enf::fnv(b"s3") && ls_host != 0 {
+        host_bucket(ls_host, n)
+    } else {
+        (0, 0)
+    };
+    s.ps = PathScan {
         base: mlen + opaque_zero(),
         len: n,
         phase: 0,
@@ -925,31 +1141,40 @@ fn classify(who: &Caller, pending: Option<PendingReq>) -> Option<Req> {
         seg0_len: 0,
         last_h: 0,
         q_h: FNV_OFFSET,
+        q_done: 0,
+        k_h: FNV_OFFSET,
+        a_h: FNV_OFFSET,
+        act: 0,
+        pfx: if bucket_n == 0 { 1 } else { 0 },
     };
-    s.pfx[0] = FNV_OFFSET;
-    unsafe { bpf_loop(512, path_cb as *mut _, (&mut ps as *mut PathScan).cast(), 0) };
+    if bucket_n == 0 {
+        s.pfx[0] = FNV_OFFSET;
+    }
+    let mut dummy = 0u64;
+    unsafe { bpf_loop(512, path_cb as *mut _, (&mut dummy as *mut u64).cast(), 0) };
+    let ps = &s.ps;
     let qkey = if ps.phase != 0 { ps.q_h } else { 0 };
     // Segments ended are 1-bits shifted in: depth = popcount, saturating at 8.
     let depth_all = (ps.segs & 0xff).count_ones() as u64;
-    if m == enf::M_POST && depth_all == 0 && qkey == 0 {
+    if depth_all == 0 && bucket_n == 0 && svc != 0 && ps.act != 0 {
+        // Query protocol with its parameters in the URL (`/?Action=...`, GET or POST).
+        req.kind = enf::KIND_QUERY;
+        req.keys[0] = enf::key_query(svc, ps.a_h);
+        req.nkeys = 1;
+        return Some(req);
+    }
+    if m == enf::M_POST && depth_all == 0 && qkey == 0 && bucket_n == 0 {
         // Query protocol: the operation is the body's Action.
+        let p = PendingReq {
+            akid,
+            svc,
+            action: 0,
+            kind: enf::KIND_QUERY as u32,
+            _pad: 0,
+        };
         if body_in_write {
-            let p = PendingReq {
-                akid,
-                svc,
-                action: 0,
-                kind: enf::KIND_QUERY as u32,
-                _pad: 0,
-            };
             return body(&p, ls_body, n);
         } else if svc != 0 {
-            let p = PendingReq {
-                akid,
-                svc,
-                action: 0,
-                kind: enf::KIND_QUERY as u32,
-                _pad: 0,
-            };
             let _ = ENF_PENDING.insert(&who.ssl, &p, 0);
         }
         return None;
@@ -962,16 +1187,27 @@ fn classify(who: &Caller, pending: Option<PendingReq>) -> Option<Req> {
         req.keys[0] = enf::key_cbor(svc, ps.last_h);
         req.nkeys = 1;
     } else {
-        let depth = depth_all;
         req.kind = enf::KIND_REST;
-        req.depth = depth_all;
-        let seg0 = if depth_all > 0 { ps.seg0_h } else { 0 };
+        let (depth, seg0) = if bucket_n != 0 {
+            // The Host's bucket is the path-style first segment.
+            let d = depth_all + 1;
+            (d.min(enf::MAX_DEPTH as u64), bucket_h)
+        } else if depth_all > 0 {
+            (depth_all, ps.seg0_h)
+        } else {
+            (0, 0)
+        };
+        req.depth = depth;
         req.keys[0] = enf::key_rest(svc, m, depth, seg0, qkey);
         req.keys[1] = enf::key_rest(svc, m, depth, seg0, 0);
         req.keys[2] = enf::key_rest(svc, m, depth, 0, qkey);
         req.keys[3] = enf::key_rest(svc, m, depth, 0, 0);
         req.nkeys = 4;
-        if depth_all > 0 {
+        if bucket_n != 0 {
+            req.res_kind = enf::RES_BUCKET;
+            req.res_len = bucket_n;
+            req.res_full = bucket_h;
+        } else if depth_all > 0 {
             req.res_kind = enf::RES_BUCKET;
             req.res_len = ps.seg0_len;
             req.res_full = ps.seg0_h;
@@ -1004,7 +1240,7 @@ fn needs_table(key: u64) -> bool {
 
 #[inline(always)]
 fn table(req: &mut Req, base: u64, len: u64) {
-    let at = find(base, len, 1);
+    let at = find(base, len, FIND_TABLE);
     if at != 0 {
         let (h, n) = hash_value(at, len, b'"', 1);
         if n != 0 {
@@ -1029,7 +1265,7 @@ fn body(p: &PendingReq, base: u64, len: u64) -> Option<Req> {
         res_full: 0,
     };
     if p.kind == enf::KIND_QUERY as u32 {
-        let at = find(base, len, 0);
+        let at = find(base, len, FIND_ACTION);
         if at == 0 {
             return None;
         }
