@@ -29,6 +29,51 @@ pub struct CallRecord {
     pub response: Option<Response>,
     pub aws: Aws,
     pub decision: Decision,
+    /// Set on trail entries that record an enforcement event rather than a call (approval
+    /// requests and their outcomes, endpoint decisions); see [`Event`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<Event>,
+}
+
+impl CallRecord {
+    /// An enforcement event entry, not an AWS call (reports and policies skip it).
+    pub fn is_event(&self) -> bool {
+        self.event.is_some() || is_event_effect(&self.decision.effect)
+    }
+}
+
+/// Effects of enforcement event entries are `KIND:EVENT` (`approval:approved`,
+/// `endpoint:deny`); call effects never hold a colon.
+pub fn is_event_effect(effect: &str) -> bool {
+    effect.contains(':')
+}
+
+/// An enforcement event in the audit trail. The entry's `decision.effect` says what happened:
+/// `approval:requested`, `approval:approved`, `approval:denied`, `approval:expired`,
+/// `approval:used` (a call passed on the grant), `endpoint:deny` / `endpoint:would-deny` (a
+/// connect). Its `process`, `workload` and `identity` are the caller's (who asked), `aws` and
+/// `request` the call asked for (masked), `decision.approval` the request id.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Event {
+    /// Approvals: the caller was stopped (`hold: true`) rather than refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<bool>,
+    /// Approvals: when the request was made, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<String>,
+    /// Who decided: `uid=U pid=P comm=C` (local API), `tls-client cert=…`, or `timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
+    /// Approved requests: when the grant ends, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_expires: Option<String>,
+    /// Endpoint decisions: the address connected to, and its port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
 }
 
 /// The process that made the call.
@@ -209,10 +254,14 @@ pub struct Aws {
 /// What policy decided about the call.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Decision {
-    /// `allow`, `audit`, `deny`, `would-deny`, `kill`, `approval-requested`, `approved`.
+    /// `allow`, `audit`, `deny`, `would-deny`, `kill`, `approval-requested`, `approved`;
+    /// on event entries `KIND:EVENT` (see [`Event`]).
     pub effect: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
+    /// The approval request this call raised or passed on (and the request an event is about).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<u64>,
 }
 
 impl Decision {
@@ -220,6 +269,7 @@ impl Decision {
         Decision {
             effect: "allow".to_string(),
             rule: None,
+            approval: None,
         }
     }
 }

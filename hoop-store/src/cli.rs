@@ -49,7 +49,9 @@ pub struct FilterArgs {
     /// Resource ARN glob.
     #[arg(long)]
     pub resource: Option<String>,
-    /// Decision effect: allow, audit, deny, would-deny, kill, approval-requested, approved.
+    /// Decision effect: allow, audit, deny, would-deny, kill, approval-requested, approved;
+    /// enforcement events: `approval:*` (requested, approved, denied, expired, used),
+    /// `endpoint:*` (glob allowed).
     #[arg(long)]
     pub decision: Option<String>,
     /// Start: a duration back from now (30m, 2h, 7d) or RFC 3339.

@@ -97,16 +97,23 @@ const EVENT_NS: uuid::Uuid = uuid::Uuid::from_u128(0x6f3b_1a2e_9c4d_4e5f_8a7b_2c
 pub fn cloudtrail_record(e: &StoredEvent, opts: &CloudTrailOptions) -> Value {
     let r = &e.record;
     let signing = r.aws.signing_service.as_deref().unwrap_or(&r.aws.service);
-    let event_name = r
-        .aws
-        .operation
-        .clone()
+    // Enforcement events (approvals, endpoint decisions) are hoop's own service events, not
+    // calls: named by their effect so a consumer never counts them as the call they concern.
+    let event = r.is_event();
+    let event_name = if event {
+        Some(r.decision.effect.clone())
+    } else {
+        None
+    };
+    let event_name = event_name
         .or_else(|| {
-            r.aws
-                .iam_action
-                .as_ref()
-                .and_then(|a| a.split(':').nth(1))
-                .map(str::to_string)
+            r.aws.operation.clone().or_else(|| {
+                r.aws
+                    .iam_action
+                    .as_ref()
+                    .and_then(|a| a.split(':').nth(1))
+                    .map(str::to_string)
+            })
         })
         .unwrap_or_else(|| format!("{} {}", r.request.method, r.request.path));
     let account = r.identity.account_id.clone().or_else(|| {
@@ -136,7 +143,11 @@ pub fn cloudtrail_record(e: &StoredEvent, opts: &CloudTrailOptions) -> Value {
     m.insert("eventTime".into(), json!(rfc3339_secs(r.time_ns)));
     m.insert(
         "eventSource".into(),
-        json!(format!("{signing}.amazonaws.com")),
+        if event {
+            json!("hoop.enforcement")
+        } else {
+            json!(format!("{signing}.amazonaws.com"))
+        },
     );
     m.insert("eventName".into(), json!(event_name));
     m.insert(
@@ -188,7 +199,15 @@ pub fn cloudtrail_record(e: &StoredEvent, opts: &CloudTrailOptions) -> Value {
     );
     m.insert("readOnly".into(), json!(r.aws.read_only.unwrap_or(false)));
     m.insert("resources".into(), Value::Array(resources));
-    m.insert("eventType".into(), json!("AwsApiCall"));
+    if event {
+        m.insert("eventType".into(), json!("AwsServiceEvent"));
+        m.insert(
+            "serviceEventDetails".into(),
+            json!({"decision": r.decision, "event": r.event, "call": r.aws}),
+        );
+    } else {
+        m.insert("eventType".into(), json!("AwsApiCall"));
+    }
     m.insert("managementEvent".into(), json!(true));
     if let Some(a) = account {
         m.insert("recipientAccountId".into(), json!(a));

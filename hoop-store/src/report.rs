@@ -155,6 +155,10 @@ impl Acc {
 }
 
 fn add_view(accs: &mut HashMap<String, Acc>, v: &Summary<'_>) {
+    // Enforcement events (approvals, endpoint decisions) are in the trail but are not calls.
+    if hoop_event::is_event_effect(&v.effect) {
+        return;
+    }
     let key: &str = v.identity();
     match accs.get_mut(key) {
         Some(a) => a.add(v),
@@ -617,7 +621,10 @@ pub fn policies(store: &Store, f: &Filter) -> Result<BTreeMap<String, Value>, St
     let mut used: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
     query::for_each(store, f, |e| {
         let r = &e.record;
-        if is_blocked(&r.decision.effect) || r.decision.effect == "approval-requested" {
+        if r.is_event()
+            || is_blocked(&r.decision.effect)
+            || r.decision.effect == "approval-requested"
+        {
             return true;
         }
         let Some(action) = r.aws.iam_action.clone() else {

@@ -334,7 +334,9 @@ impl Gen {
                 } else {
                     Some(format!("rule-{}", who % 3))
                 },
+                approval: None,
             },
+            event: None,
         }
     }
 }

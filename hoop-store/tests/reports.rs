@@ -94,7 +94,9 @@ fn rec(
         decision: Decision {
             effect: effect.into(),
             rule: None,
+            approval: None,
         },
+        event: None,
     }
 }
 
@@ -531,4 +533,55 @@ fn dump_through_frames() {
             .to_string()
             .contains("yesterday-ish")
     );
+}
+
+/// Enforcement events (approvals, endpoint decisions) are links of the chain that `query`
+/// and `dump` return, but reports and least-privilege policies count only calls.
+#[test]
+fn enforcement_events_are_stored_but_not_counted_as_calls() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut recs = fixture();
+    let mut ev = rec(
+        41,
+        ROLE,
+        "iam:CreateUser",
+        &["arn:aws:iam::111122223333:user/x"],
+        "approval:approved",
+        None,
+    );
+    ev.response = None;
+    ev.decision.approval = Some(7);
+    ev.event = Some(Event {
+        held: Some(false),
+        decided_by: Some("uid=0 pid=1 comm=hoop-agent".into()),
+        grant_expires: Some("2026-11-25T00:15:41Z".into()),
+        ..Default::default()
+    });
+    recs.push(ev.clone());
+    let s = store_with(dir.path(), &recs);
+    assert!(s.verify().ok, "events are chained like calls");
+    let got = query::query(
+        &s,
+        &Filter {
+            decision: Some("approval:*".into()),
+            ..Default::default()
+        },
+    )
+    .expect("q");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].record, ev);
+    let r = report::build(&s, &Filter::default()).expect("report");
+    assert_eq!(r.total_calls, 8, "the event is not a call");
+    assert_eq!(r.identities[0].calls, 5);
+    let p = report::policies(&s, &Filter::default()).expect("p");
+    assert!(
+        !p[ROLE].to_string().contains("iam:CreateUser"),
+        "an approval grants nothing: {}",
+        p[ROLE]
+    );
+    let c = cloudtrail_record(&got[0], &hoop_store::CloudTrailOptions::default());
+    assert_eq!(c["eventType"], "AwsServiceEvent");
+    assert_eq!(c["eventSource"], "hoop.enforcement");
+    assert_eq!(c["eventName"], "approval:approved");
+    assert_eq!(c["serviceEventDetails"]["decision"]["approval"], 7);
 }
