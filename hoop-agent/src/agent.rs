@@ -431,17 +431,9 @@ impl EventLoop {
         }
     }
 
-    /// Masks, stores, counts and prints one record.
-    fn deliver(&mut self, mut rec: CallRecord, sink: &mut Sink) -> Result<()> {
-        match self.audit.record(&mut rec) {
-            Ok(latency) => {
-                self.metrics.store_events.inc();
-                self.metrics
-                    .store_write_seconds
-                    .observe(latency.as_secs_f64());
-            }
-            Err(e) => warn!("audit store append failed: {e:#}"),
-        }
+    /// Masks (in place), stores, counts and prints one record.
+    fn deliver(&mut self, rec: &mut CallRecord, sink: &mut Sink) -> Result<()> {
+        self.store(rec);
         self.metrics.call(
             &rec.aws.service,
             rec.aws.iam_action.as_deref(),
@@ -453,6 +445,53 @@ impl EventLoop {
             let _ = self.events.send(std::sync::Arc::from(line.as_str()));
         }
         sink.write_line(&line)
+    }
+
+    /// An enforcement event (approval, endpoint decision): masked and stored in the trail
+    /// like a call, streamed to `tail` as stored, printed as its `type` line.
+    fn deliver_event(&mut self, ev: crate::enforce::TrailEvent, sink: &mut Sink) -> Result<()> {
+        let mut rec = ev.rec;
+        if ev.bare {
+            self.resolve_bare(&mut rec);
+        }
+        self.store(&mut rec);
+        if self.events.receiver_count() > 0 {
+            let line = serde_json::to_string(&rec)?;
+            let _ = self.events.send(std::sync::Arc::from(line.as_str()));
+        }
+        sink.write_value(&crate::enforce::output_line(&rec))
+    }
+
+    /// Masks a record in place and appends it to the audit store.
+    fn store(&mut self, rec: &mut CallRecord) {
+        match self.audit.record(rec) {
+            Ok(latency) => {
+                self.metrics.store_events.inc();
+                self.metrics
+                    .store_write_seconds
+                    .observe(latency.as_secs_f64());
+            }
+            Err(e) => warn!("audit store append failed: {e:#}"),
+        }
+    }
+
+    /// Process, workload and identity of a record built from a kernel decision alone.
+    fn resolve_bare(&self, rec: &mut CallRecord) {
+        let akid = rec.identity.access_key_id.clone();
+        let p = &rec.process;
+        let (mut process, workload, mut identity) =
+            self.identity
+                .resolve(p.pid, p.tid, p.cgroup_id, akid.as_deref());
+        if process.comm.is_empty() {
+            process.comm = std::mem::take(&mut rec.process.comm);
+        }
+        process.uid = rec.process.uid;
+        if identity.access_key_id.is_none() {
+            identity.access_key_id = akid;
+        }
+        rec.process = process;
+        rec.workload = workload;
+        rec.identity = identity;
     }
 
     /// A plain-HTTP credential endpoint exchange (instance metadata, container credentials):
@@ -527,16 +566,19 @@ impl EventLoop {
                 continue;
             };
             self.attribute(&ex, &mut rec);
-            if let Some(e) = self.enforcer.as_mut() {
+            let note = self.enforcer.as_mut().and_then(|e| {
                 e.annotate(
                     &mut rec,
                     ex.key.tgid,
                     ex.key.conn,
                     ex.request_ts,
                     ex.response_ts,
-                );
+                )
+            });
+            self.deliver(&mut rec, sink)?;
+            if let (Some(n), Some(e)) = (note, self.enforcer.as_mut()) {
+                e.recorded(n, &rec);
             }
-            self.deliver(rec, sink)?;
         }
         // Blocked requests that never got an exchange are calls too: masked and stored
         // like every other record (the access review counts denied calls).
@@ -545,28 +587,20 @@ impl EventLoop {
             .as_mut()
             .map(|e| e.expire())
             .unwrap_or_default();
-        for mut rec in expired {
-            let akid = rec.identity.access_key_id.clone();
-            let p = &rec.process;
-            let (mut process, workload, mut identity) =
-                self.identity
-                    .resolve(p.pid, p.tid, p.cgroup_id, akid.as_deref());
-            if process.comm.is_empty() {
-                process.comm = std::mem::take(&mut rec.process.comm);
+        for (mut rec, note) in expired {
+            self.resolve_bare(&mut rec);
+            self.deliver(&mut rec, sink)?;
+            if let (Some(n), Some(e)) = (note, self.enforcer.as_mut()) {
+                e.recorded(n, &rec);
             }
-            process.uid = rec.process.uid;
-            if identity.access_key_id.is_none() {
-                identity.access_key_id = akid;
-            }
-            rec.process = process;
-            rec.workload = workload;
-            rec.identity = identity;
-            self.deliver(rec, sink)?;
         }
-        if let Some(e) = self.enforcer.as_mut() {
-            for line in e.take_lines() {
-                sink.write_value(&line)?;
-            }
+        let events = self
+            .enforcer
+            .as_mut()
+            .map(|e| e.take_events())
+            .unwrap_or_default();
+        for ev in events {
+            self.deliver_event(ev, sink)?;
         }
         if let Some(w) = self.raw.as_mut() {
             w.flush()?;

@@ -14,7 +14,7 @@ use aya::{
 use hoop_common::{
     Cands, DecisionEvent, EndpointKey, EndpointVal, EnforceConfig, GrantKey, RuleDef, RuleMask, enf,
 };
-use hoop_event::{CallRecord, Decision};
+use hoop_event::{Aws, CallRecord, Decision, Event};
 use hoop_identity::k8s::{PodCache, PodMeta};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -84,10 +84,17 @@ pub struct Approval {
     pub decided_at: Option<String>,
     pub decided_by: Option<String>,
     pub grant_expires: Option<String>,
-    pub call: Option<Value>,
+    /// The call that raised the request, masked as stored (non-held requests: once its
+    /// record is made; held ones: after the decision, when the call has completed).
+    pub call: Option<CallRecord>,
     grant: GrantKey,
     ttl_secs: u64,
     hold_timeout_secs: u64,
+    request_timeout_secs: u64,
+    /// Boot-time ns at which the grant ends (approved requests).
+    grant_exp_boot: u64,
+    /// Boot-time ns of the decision (0 while pending).
+    decided_boot_ns: u64,
     conn: u64,
     recorded: bool,
 }
@@ -108,10 +115,63 @@ impl Approval {
             "decided_at": self.decided_at,
             "decided_by": self.decided_by,
             "grant_expires": self.grant_expires,
-            "call": self.call,
+            "call": self.call.as_ref().map(call_json),
         })
     }
+
+    fn state_name(&self) -> &'static str {
+        match self.state {
+            ApprovalState::Pending => "pending",
+            ApprovalState::Approved => "approved",
+            ApprovalState::Denied => "denied",
+            ApprovalState::Expired => "expired",
+        }
+    }
+
+    fn event(&self) -> Event {
+        Event {
+            held: Some(self.held),
+            requested_at: Some(self.requested_at.clone()),
+            decided_at: self.decided_at.clone(),
+            decided_by: self.decided_by.clone(),
+            grant_expires: self.grant_expires.clone(),
+            ..Default::default()
+        }
+    }
 }
+
+/// The parts of a call record an approval shows (`call` in the list and the output lines).
+fn call_json(rec: &CallRecord) -> Value {
+    json!({
+        "time": rec.time,
+        "process": rec.process,
+        "workload": rec.workload,
+        "identity": rec.identity,
+        "request": rec.request,
+        "aws": rec.aws,
+    })
+}
+
+/// An enforcement event on its way into the audit trail: `rec` is the entry (its
+/// `decision.effect` is `approval:EVENT` or `endpoint:EFFECT`, its `event` the details).
+pub struct TrailEvent {
+    pub rec: CallRecord,
+    /// `rec` was built from the kernel's decision alone: process, workload and identity are
+    /// still to be resolved (otherwise they are the recorded call's).
+    pub bare: bool,
+}
+
+/// What the event loop must tell the enforcer once a call's record is masked and stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Note {
+    /// The record is the call that raised approval request `id`.
+    Requested(u64),
+    /// The record is a call that passed on the grant of approval `id`.
+    Used(u64),
+}
+
+/// Finished approvals kept for `approvals list` (the trail keeps all of them).
+const KEEP_FINISHED: usize = 1024;
 
 /// Shared enforcement state: the kernel maps, the active policy and the approvals.
 pub struct State {
@@ -122,8 +182,8 @@ pub struct State {
     stats: bool,
     pub approvals: Vec<Approval>,
     next_id: u64,
-    /// Lines (approvals, endpoint decisions) for the output.
-    pub lines: Vec<Value>,
+    /// Enforcement events (approvals, endpoint decisions) for the trail and the output.
+    pub events: Vec<TrailEvent>,
     clock: crate::record::Clock,
     cgroup_fd: std::fs::File,
     sock_ops_prog: aya::programs::ProgramFd,
@@ -232,7 +292,7 @@ pub fn start(ebpf: &mut Ebpf, opts: &EnforceOptions) -> Result<Enforcer> {
         stats: opts.stats,
         approvals: Vec::new(),
         next_id: 1,
-        lines: Vec::new(),
+        events: Vec::new(),
         clock: crate::record::Clock::new(),
     };
     info!(cgroup2 = %root.display(), "enforcement loaded");
@@ -301,7 +361,7 @@ fn policy_loop(state: Shared, path: Option<PathBuf>, mut mtime: Option<SystemTim
             }
         }
         st.refresh_workloads();
-        st.expire_holds();
+        st.expire_approvals();
         st.check_busy();
     }
 }
@@ -788,37 +848,77 @@ impl State {
         (n, busy)
     }
 
-    fn expire_holds(&mut self) {
+    /// Ends what has run out of time: pending requests past their timeout (`hold_timeout`
+    /// for held callers, which resume into a failed send; `request_timeout` otherwise) and
+    /// grants past their TTL, which leave `ENF_GRANTS`. Each one is an `expired` event.
+    fn expire_approvals(&mut self) {
         let now = self.clock.boot_now();
-        let due: Vec<u64> = self
+        for i in 0..self.approvals.len() {
+            let a = &self.approvals[i];
+            match a.state {
+                ApprovalState::Pending => {
+                    let timeout = if a.held {
+                        a.hold_timeout_secs
+                    } else {
+                        a.request_timeout_secs
+                    };
+                    if now > a.requested_boot_ns + timeout * 1_000_000_000 {
+                        // Only a grant write can fail, and this is no approval.
+                        let _ = self.finish(i, false, "timeout", true);
+                    }
+                }
+                ApprovalState::Approved if a.grant_exp_boot <= now => {
+                    // A later approval of the same identity, action and resource may have
+                    // extended the grant: remove only the entry this approval wrote.
+                    if self.maps.grants.get(&a.grant, 0).ok() == Some(a.grant_exp_boot) {
+                        let _ = self.maps.grants.remove(&a.grant);
+                    }
+                    let exp = a.grant_exp_boot;
+                    self.approvals[i].state = ApprovalState::Expired;
+                    self.push_approval_event(i, "expired", exp);
+                }
+                _ => {}
+            }
+        }
+        let finished = self
             .approvals
             .iter()
-            .filter(|a| {
-                a.state == ApprovalState::Pending
-                    && a.held
-                    && now > a.requested_boot_ns + a.hold_timeout_secs * 1_000_000_000
-            })
-            .map(|a| a.id)
-            .collect();
-        for id in due {
-            let _ = self.decide(id, false, "timeout", true);
+            .filter(|a| matches!(a.state, ApprovalState::Denied | ApprovalState::Expired))
+            .count();
+        if finished > KEEP_FINISHED {
+            let mut drop = finished - KEEP_FINISHED;
+            self.approvals.retain(|a| {
+                let old =
+                    drop > 0 && matches!(a.state, ApprovalState::Denied | ApprovalState::Expired);
+                drop -= usize::from(old);
+                !old
+            });
         }
     }
 
     /// Approves or denies an approval request.
     pub fn decide(&mut self, id: u64, approve: bool, who: &str, timeout: bool) -> Result<Value> {
+        let i = self
+            .approvals
+            .iter()
+            .position(|a| a.id == id)
+            .ok_or_else(|| anyhow!("no approval request {id}"))?;
+        let a = &self.approvals[i];
+        if a.state != ApprovalState::Pending {
+            return Err(anyhow!(
+                "approval request {id} is already {}",
+                a.state_name()
+            ));
+        }
+        self.finish(i, approve, who, timeout)
+    }
+
+    /// Decides pending request `i`: approved (a grant in `ENF_GRANTS`), denied, or expired
+    /// (`timeout`). A held caller resumes; unless approved, its stopped write is dropped.
+    fn finish(&mut self, i: usize, approve: bool, who: &str, timeout: bool) -> Result<Value> {
         let now_boot = self.clock.boot_now();
         let now = crate::record::rfc3339(self.clock.unix_ns(now_boot));
-        let a = self
-            .approvals
-            .iter_mut()
-            .find(|a| a.id == id)
-            .ok_or_else(|| anyhow!("no approval request {id}"))?;
-        if a.state != ApprovalState::Pending {
-            return Err(anyhow!("approval request {id} is already {:?}", a.state));
-        }
-        a.decided_at = Some(now);
-        a.decided_by = Some(who.to_string());
+        let a = &mut self.approvals[i];
         if approve {
             let exp = now_boot + a.ttl_secs * 1_000_000_000;
             self.maps
@@ -826,6 +926,7 @@ impl State {
                 .insert(&a.grant, &exp, 0)
                 .map_err(|e| anyhow!("write grant: {e}"))?;
             a.state = ApprovalState::Approved;
+            a.grant_exp_boot = exp;
             a.grant_expires = Some(crate::record::rfc3339(self.clock.unix_ns(exp)));
         } else {
             a.state = if timeout {
@@ -841,19 +942,102 @@ impl State {
                     .insert(&(((a.tgid as u64) << 32) | a.tid as u64), &1, 0);
             }
         }
+        a.decided_at = Some(now);
+        a.decided_boot_ns = now_boot;
+        a.decided_by = Some(who.to_string());
         if a.held {
             // SAFETY: plain kill(2).
             unsafe { libc::kill(a.tgid as i32, libc::SIGCONT) };
         }
+        let what = a.state_name();
         let mut v = a.to_json();
         v["type"] = json!("approval");
-        v["event"] = json!(match a.state {
-            ApprovalState::Approved => "approved",
-            ApprovalState::Denied => "denied",
-            _ => "expired",
-        });
-        self.lines.push(v.clone());
+        v["event"] = json!(what);
+        self.push_approval_event(i, what, now_boot);
         Ok(v)
+    }
+
+    /// A record built from a kernel decision alone (the call's plaintext never made a
+    /// complete exchange, or has not yet): process ids, the operation the action key stands
+    /// for, the decision time.
+    fn bare_record(&self, ts_boot: u64, ev: &DecisionEvent) -> CallRecord {
+        let mut rec = CallRecord {
+            version: hoop_event::RECORD_VERSION,
+            time_ns: self.clock.unix_ns(ts_boot),
+            time: crate::record::rfc3339(self.clock.unix_ns(ts_boot)),
+            ..Default::default()
+        };
+        rec.process.pid = ev.tgid;
+        rec.process.tid = ev.tid;
+        rec.process.uid = ev.uid;
+        rec.process.cgroup_id = ev.cgroup_id;
+        rec.process.comm = std::fs::read_to_string(format!("/proc/{}/comm", ev.tgid))
+            .map(|c| c.trim().to_string())
+            .unwrap_or_default();
+        if ev.kind != enf::KIND_CONNECT {
+            rec.connection.id = format!("{:#x}", ev.conn);
+            rec.connection.tls = "openssl".into();
+            rec.connection.http = "HTTP/1.1".into();
+            let (aws, method) = self.aws_of(ev.action);
+            rec.aws = aws;
+            rec.request.method = method;
+        }
+        rec.workload.kind = "host".into();
+        rec
+    }
+
+    /// The AWS call an action key stands for, and its HTTP method.
+    fn aws_of(&self, action: u64) -> (Aws, String) {
+        let mut aws = Aws::default();
+        let mut method = String::new();
+        if let Some((svc, op)) = self.policy.as_ref().and_then(|p| p.key_names.get(&action)) {
+            aws.service = svc.clone();
+            aws.operation = Some(op.clone());
+            if let Some(s) = hoop_aws::model::model().service(svc) {
+                method = s
+                    .operation(op)
+                    .map(|o| o.method.clone())
+                    .unwrap_or_default();
+                aws.iam_action =
+                    Some(hoop_aws::tables::iam().action(svc, &s.signing_name, op, &method, false));
+                aws.signing_service = Some(s.signing_name.clone());
+            }
+        }
+        (aws, method)
+    }
+
+    /// Queues approval event `what` (`requested`, `approved`, ...) of approval `i` at boot
+    /// time `at`: the entry is the call that raised the request when its record exists.
+    fn push_approval_event(&mut self, i: usize, what: &str, at: u64) {
+        let a = &self.approvals[i];
+        let (mut rec, bare) = match &a.call {
+            Some(c) => (c.clone(), false),
+            None => {
+                let ev = DecisionEvent {
+                    tgid: a.tgid,
+                    tid: a.tid,
+                    uid: a.uid,
+                    cgroup_id: a.cgroup_id,
+                    conn: a.conn,
+                    action: a.grant.action,
+                    ..Default::default()
+                };
+                (self.bare_record(a.requested_boot_ns, &ev), true)
+            }
+        };
+        let unix = self.clock.unix_ns(at);
+        rec.time_ns = unix;
+        rec.time = crate::record::rfc3339(unix);
+        // The event is not the response: the call's own record holds that.
+        rec.response = None;
+        rec.duration_ms = None;
+        rec.decision = Decision {
+            effect: format!("approval:{what}"),
+            rule: Some(a.rule.clone()),
+            approval: Some(a.id),
+        };
+        rec.event = Some(a.event());
+        self.events.push(TrailEvent { rec, bare });
     }
 
     fn rule_name(&self, slot: u32) -> Option<String> {
@@ -1038,6 +1222,8 @@ pub fn stats_json(state: &Shared) -> Value {
         "socks_added": k.socks_added,
         "socks_busy": k.socks_busy,
         "sock_ops_attached": s.sock_ops_link.is_some(),
+        // Live approval grants in ENF_GRANTS (expired ones are removed within 0.5 s).
+        "grants": s.maps.grants.keys().filter(|k| k.is_ok()).count(),
     })
 }
 
@@ -1106,20 +1292,18 @@ impl Enforcer {
                 let ip = ip
                     .to_ipv4_mapped()
                     .map_or(ip.to_string(), |v4| v4.to_string());
-                let time = crate::record::rfc3339(st.clock.unix_ns(ev.ts_ns));
-                let rule = st.rule_name(ev.rule);
-                st.lines.push(json!({
-                    "type": "endpoint-decision",
-                    "time": time,
-                    "effect": outcome_effect(ev.outcome),
-                    "rule": rule,
-                    "pid": ev.tgid,
-                    "tid": ev.tid,
-                    "uid": ev.uid,
-                    "cgroup_id": ev.cgroup_id,
-                    "destination": ip,
-                    "port": ev.port,
-                }));
+                let mut rec = st.bare_record(ev.ts_ns, &ev);
+                rec.decision = Decision {
+                    effect: format!("endpoint:{}", outcome_effect(ev.outcome)),
+                    rule: st.rule_name(ev.rule),
+                    approval: None,
+                };
+                rec.event = Some(Event {
+                    destination: Some(ip),
+                    port: Some(ev.port),
+                    ..Default::default()
+                });
+                st.events.push(TrailEvent { rec, bare: true });
                 continue;
             }
             if ev.outcome == enf::OUT_APPROVAL_REQUESTED || ev.outcome == enf::OUT_HELD {
@@ -1155,16 +1339,22 @@ impl Enforcer {
                     },
                     ttl_secs: rule.as_ref().map_or(900, |r| r.grant_ttl_secs),
                     hold_timeout_secs: rule.as_ref().map_or(60, |r| r.hold_timeout_secs),
+                    request_timeout_secs: rule.as_ref().map_or(900, |r| r.request_timeout_secs),
+                    grant_exp_boot: 0,
+                    decided_boot_ns: 0,
                     conn: ev.conn,
                     recorded: false,
                 };
-                if a.held {
-                    let mut v = a.to_json();
-                    v["type"] = json!("approval");
-                    v["event"] = json!("requested");
-                    st.lines.push(v);
-                }
+                let held = a.held;
                 st.approvals.push(a);
+                if held {
+                    // The caller is stopped before its request is sent: the request is an
+                    // event now; the call's record follows the decision. A refused
+                    // (non-held) call's record comes first and carries the request event
+                    // (see `recorded`).
+                    let i = st.approvals.len() - 1;
+                    st.push_approval_event(i, "requested", ev.ts_ns);
+                }
             }
             self.queued
                 .entry((ev.tgid, ev.conn))
@@ -1173,7 +1363,8 @@ impl Enforcer {
         }
     }
 
-    /// Sets a record's decision from the kernel's decision for its request.
+    /// Sets a record's decision from the kernel's decision for its request. A `Note` says
+    /// what to call [`Enforcer::recorded`] with once the record is masked and stored.
     pub fn annotate(
         &mut self,
         rec: &mut CallRecord,
@@ -1181,10 +1372,8 @@ impl Enforcer {
         conn: u64,
         req_ts: u64,
         resp_ts: Option<u64>,
-    ) {
-        let Some(q) = self.queued.get_mut(&(tgid, conn)) else {
-            return;
-        };
+    ) -> Option<Note> {
+        let q = self.queued.get_mut(&(tgid, conn))?;
         const SLACK: u64 = 50_000_000;
         while q
             .front()
@@ -1192,37 +1381,23 @@ impl Enforcer {
         {
             q.pop_front();
         }
-        let Some(ev) = q.front().copied() else { return };
+        let ev = q.front().copied()?;
         if ev.ts_ns > resp_ts.unwrap_or(u64::MAX) {
-            return;
+            return None;
         }
         q.pop_front();
         if q.is_empty() {
             self.queued.remove(&(tgid, conn));
         }
         let Ok(mut st) = self.state.lock() else {
-            return;
+            return None;
         };
         let rule = st.rule_name(ev.rule);
         let mut effect = outcome_effect(ev.outcome).to_string();
-        let call = json!({
-            "time": rec.time,
-            "process": rec.process,
-            "workload": rec.workload,
-            "identity": rec.identity,
-            "request": rec.request,
-            "aws": rec.aws,
-        });
+        let mut note = None;
         match ev.outcome {
             enf::OUT_APPROVAL_REQUESTED | enf::OUT_HELD => {
-                if let Some(a) = st.approvals.iter_mut().find(|a| {
-                    a.tgid == ev.tgid
-                        && a.conn == ev.conn
-                        && !a.recorded
-                        && a.requested_boot_ns == ev.ts_ns
-                }) {
-                    a.recorded = true;
-                    a.call = Some(call);
+                if let Some(a) = st.request_of(&ev) {
                     match a.state {
                         ApprovalState::Approved if a.held => effect = "approved".into(),
                         ApprovalState::Denied | ApprovalState::Expired if a.held => {
@@ -1230,12 +1405,7 @@ impl Enforcer {
                         }
                         _ => {}
                     }
-                    if !a.held {
-                        let mut v = a.to_json();
-                        v["type"] = json!("approval");
-                        v["event"] = json!("requested");
-                        st.lines.push(v);
-                    }
+                    note = Some(Note::Requested(a.id));
                 }
             }
             enf::OUT_APPROVED => {
@@ -1244,110 +1414,205 @@ impl Enforcer {
                     action: ev.action,
                     res: ev.res,
                 };
-                let id = st
+                note = st
                     .approvals
                     .iter()
                     .rev()
                     .find(|a| a.grant == grant && a.state == ApprovalState::Approved)
-                    .map(|a| a.id);
-                st.lines.push(json!({
-                    "type": "approval",
-                    "event": "used",
-                    "id": id,
-                    "rule": rule,
-                    "pid": ev.tgid,
-                    "call": call,
-                }));
+                    .map(|a| Note::Used(a.id));
             }
             _ => {}
         }
-        rec.decision = Decision { effect, rule };
+        rec.decision = Decision {
+            effect,
+            rule,
+            approval: note.map(|(Note::Requested(id) | Note::Used(id))| id),
+        };
+        note
+    }
+
+    /// Called with a call's record once it is masked and stored, for the `Note` that
+    /// [`Enforcer::annotate`] or [`Enforcer::expire`] gave: the approval keeps the call, and
+    /// the trail gets the request (non-held) or the use of the grant as an event.
+    pub fn recorded(&mut self, note: Note, rec: &CallRecord) {
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        match note {
+            Note::Requested(id) => {
+                let Some(i) = st.approvals.iter().position(|a| a.id == id) else {
+                    return;
+                };
+                st.approvals[i].call = Some(rec.clone());
+                if !st.approvals[i].held {
+                    let at = st.approvals[i].requested_boot_ns;
+                    st.push_approval_event(i, "requested", at);
+                }
+            }
+            Note::Used(id) => {
+                let Some(i) = st.approvals.iter().position(|a| a.id == id) else {
+                    return;
+                };
+                let a = &st.approvals[i];
+                let mut e = rec.clone();
+                e.response = None;
+                e.duration_ms = None;
+                e.decision = Decision {
+                    effect: "approval:used".into(),
+                    rule: Some(a.rule.clone()),
+                    approval: Some(id),
+                };
+                e.event = Some(a.event());
+                st.events.push(TrailEvent {
+                    rec: e,
+                    bare: false,
+                });
+            }
+        }
     }
 
     /// Blocked requests whose plaintext never formed a complete exchange (the body write was
     /// dropped) still get a record, built from the kernel decision, after `GRACE`.
-    pub fn expire(&mut self) -> Vec<CallRecord> {
+    pub fn expire(&mut self) -> Vec<(CallRecord, Option<Note>)> {
         const GRACE: u64 = 3_000_000_000;
         const KEEP: u64 = 60_000_000_000;
-        let Ok(st) = self.state.lock() else {
+        let Ok(mut st) = self.state.lock() else {
             return Vec::new();
         };
         let now = st.clock.boot_now();
         let mut out = Vec::new();
         for q in self.queued.values_mut() {
             while let Some(ev) = q.front().copied() {
-                let blocked = matches!(
+                let refused = matches!(
                     ev.outcome,
                     enf::OUT_DENY | enf::OUT_KILL | enf::OUT_APPROVAL_REQUESTED
                 );
-                let due = if blocked {
-                    ev.ts_ns + GRACE
+                // A held call is refused once its request is denied or expires: its stopped
+                // write then resumes into a dropped send. Pending, it waits for the decision.
+                let held = if ev.outcome == enf::OUT_HELD {
+                    st.held_request(&ev)
                 } else {
-                    ev.ts_ns + KEEP
+                    None
                 };
+                let due = match held {
+                    Some(a) if a.state == ApprovalState::Pending => u64::MAX,
+                    Some(a) if a.state != ApprovalState::Approved => a.decided_boot_ns + GRACE,
+                    _ if refused => ev.ts_ns + GRACE,
+                    _ => ev.ts_ns + KEEP,
+                };
+                let refused = refused || held.is_some_and(|a| a.state != ApprovalState::Approved);
                 if due > now {
                     break;
                 }
                 q.pop_front();
-                if !blocked {
+                if !refused {
                     continue;
                 }
-                let mut rec = CallRecord {
-                    version: hoop_event::RECORD_VERSION,
-                    time_ns: st.clock.unix_ns(ev.ts_ns),
-                    time: crate::record::rfc3339(st.clock.unix_ns(ev.ts_ns)),
-                    ..Default::default()
+                let mut rec = st.bare_record(ev.ts_ns, &ev);
+                let note = if matches!(ev.outcome, enf::OUT_APPROVAL_REQUESTED | enf::OUT_HELD) {
+                    st.request_of(&ev).map(|a| Note::Requested(a.id))
+                } else {
+                    None
                 };
-                rec.process.pid = ev.tgid;
-                rec.process.tid = ev.tid;
-                rec.process.uid = ev.uid;
-                rec.process.cgroup_id = ev.cgroup_id;
-                rec.process.comm = std::fs::read_to_string(format!("/proc/{}/comm", ev.tgid))
-                    .map(|c| c.trim().to_string())
-                    .unwrap_or_default();
-                rec.connection.id = format!("{:#x}", ev.conn);
-                rec.connection.tls = "openssl".into();
-                rec.connection.http = "HTTP/1.1".into();
-                if let Some((svc, op)) =
-                    st.policy.as_ref().and_then(|p| p.key_names.get(&ev.action))
-                {
-                    rec.aws.service = svc.clone();
-                    rec.aws.operation = Some(op.clone());
-                    if let Some(s) = hoop_aws::model::model().service(svc) {
-                        let method = s
-                            .operation(op)
-                            .map(|o| o.method.clone())
-                            .unwrap_or_default();
-                        rec.aws.iam_action = Some(hoop_aws::tables::iam().action(
-                            svc,
-                            &s.signing_name,
-                            op,
-                            &method,
-                            false,
-                        ));
-                        rec.aws.signing_service = Some(s.signing_name.clone());
-                        rec.request.method = method;
-                    }
-                }
-                rec.workload.kind = "host".into();
                 rec.decision = Decision {
-                    effect: outcome_effect(ev.outcome).to_string(),
+                    effect: if ev.outcome == enf::OUT_HELD {
+                        "deny".into()
+                    } else {
+                        outcome_effect(ev.outcome).to_string()
+                    },
                     rule: st.rule_name(ev.rule),
+                    approval: note.map(|(Note::Requested(id) | Note::Used(id))| id),
                 };
-                out.push(rec);
+                out.push((rec, note));
             }
         }
         self.queued.retain(|_, q| !q.is_empty());
         out
     }
 
-    /// Output lines produced since the last call (approvals, endpoint decisions).
-    pub fn take_lines(&mut self) -> Vec<Value> {
+    /// Enforcement events produced since the last call (approvals, endpoint decisions).
+    pub fn take_events(&mut self) -> Vec<TrailEvent> {
         self.state
             .lock()
-            .map(|mut s| std::mem::take(&mut s.lines))
+            .map(|mut s| std::mem::take(&mut s.events))
             .unwrap_or_default()
     }
+}
+
+impl State {
+    /// The held request a kernel decision raised, while its call has no record yet.
+    fn held_request(&self, ev: &DecisionEvent) -> Option<&Approval> {
+        self.approvals.iter().find(|a| {
+            a.held
+                && a.tgid == ev.tgid
+                && a.conn == ev.conn
+                && !a.recorded
+                && a.requested_boot_ns == ev.ts_ns
+        })
+    }
+
+    /// The approval request a kernel decision raised, marked as having its call record.
+    fn request_of(&mut self, ev: &DecisionEvent) -> Option<&Approval> {
+        let a = self.approvals.iter_mut().find(|a| {
+            a.tgid == ev.tgid && a.conn == ev.conn && !a.recorded && a.requested_boot_ns == ev.ts_ns
+        })?;
+        a.recorded = true;
+        Some(a)
+    }
+}
+
+/// The line an enforcement event entry is printed as (stdout, `--output`):
+/// `{"type":"approval","event":...}` or `{"type":"endpoint-decision",...}`.
+pub fn output_line(rec: &CallRecord) -> Value {
+    let e = rec.event.clone().unwrap_or_default();
+    let p = &rec.process;
+    let (kind, what) = rec
+        .decision
+        .effect
+        .split_once(':')
+        .unwrap_or(("", rec.decision.effect.as_str()));
+    if kind == "endpoint" {
+        return json!({
+            "type": "endpoint-decision",
+            "time": rec.time,
+            "effect": what,
+            "rule": rec.decision.rule,
+            "pid": p.pid,
+            "tid": p.tid,
+            "uid": p.uid,
+            "cgroup_id": p.cgroup_id,
+            "destination": e.destination,
+            "port": e.port,
+        });
+    }
+    let state = match what {
+        "requested" => "pending",
+        "used" => "approved",
+        w => w,
+    };
+    let operation = match (&rec.aws.service, &rec.aws.operation) {
+        (s, Some(o)) if !s.is_empty() => format!("{s}:{o}"),
+        _ => String::new(),
+    };
+    json!({
+        "type": "approval",
+        "event": what,
+        "time": rec.time,
+        "id": rec.decision.approval,
+        "rule": rec.decision.rule,
+        "state": state,
+        "held": e.held,
+        "pid": p.pid,
+        "tid": p.tid,
+        "uid": p.uid,
+        "cgroup_id": p.cgroup_id,
+        "operation": operation,
+        "requested_at": e.requested_at,
+        "decided_at": e.decided_at,
+        "decided_by": e.decided_by,
+        "grant_expires": e.grant_expires,
+        "call": call_json(rec),
+    })
 }
 
 /// Builds the approvals list for the API.
@@ -1502,6 +1767,7 @@ mod tests {
             hold: false,
             grant_ttl_secs: 0,
             hold_timeout_secs: 0,
+            request_timeout_secs: 0,
             workload: Workload::default(),
             access_keys: keys.iter().map(|k| k.to_string()).collect(),
             principals: principals.iter().map(|k| k.to_string()).collect(),

@@ -164,6 +164,10 @@ pub struct RuleSpec {
     /// `approve` + `hold` only: deny after this long without a decision. Default 60s.
     #[serde(default)]
     pub hold_timeout: Option<String>,
+    /// `approve` without `hold`: a request nobody decided expires after this long.
+    /// Default 15m.
+    #[serde(default)]
+    pub request_timeout: Option<String>,
     #[serde(rename = "match", default)]
     pub matches: MatchSpec,
 }
@@ -221,6 +225,7 @@ pub struct CompiledRule {
     pub hold: bool,
     pub grant_ttl_secs: u64,
     pub hold_timeout_secs: u64,
+    pub request_timeout_secs: u64,
     pub workload: Workload,
     pub access_keys: Vec<String>,
     pub principals: Vec<String>,
@@ -544,6 +549,28 @@ pub fn compile(file: &PolicyFile) -> Result<Compiled, PolicyError> {
             })?,
             None => 60,
         };
+        if r.effect != Effect::Approve {
+            for (field, given) in [
+                ("grant_ttl", r.grant_ttl.is_some()),
+                ("hold_timeout", r.hold_timeout.is_some()),
+                ("request_timeout", r.request_timeout.is_some()),
+            ] {
+                if given {
+                    return Err(rule_err(i, name, field, "only `approve` rules take it"));
+                }
+            }
+        }
+        let request_timeout = match &r.request_timeout {
+            Some(s) => parse_duration(s).ok_or_else(|| {
+                rule_err(
+                    i,
+                    name,
+                    "request_timeout",
+                    format!("`{s}` is not a duration"),
+                )
+            })?,
+            None => 900,
+        };
         let m = &r.matches;
         let mut wl = Workload {
             namespace: m.namespace.clone(),
@@ -620,6 +647,7 @@ pub fn compile(file: &PolicyFile) -> Result<Compiled, PolicyError> {
                 hold: false,
                 grant_ttl_secs: ttl,
                 hold_timeout_secs: hold_timeout,
+                request_timeout_secs: request_timeout,
                 workload: Workload::default(),
                 access_keys: Vec::new(),
                 principals: Vec::new(),
@@ -726,6 +754,7 @@ pub fn compile(file: &PolicyFile) -> Result<Compiled, PolicyError> {
             hold: r.hold,
             grant_ttl_secs: ttl,
             hold_timeout_secs: hold_timeout,
+            request_timeout_secs: request_timeout,
             workload: wl,
             access_keys: m.access_keys.clone(),
             principals: m.principals.clone(),
@@ -919,6 +948,23 @@ rules:
         .map(|e| e.to_string())
         .unwrap_or_default();
         assert!(e.contains("actoins"), "{e}");
+        let e = compile_str("rules:\n  - name: a\n    effect: deny\n    request_timeout: 5m\n    match:\n      actions: [\"s3:DeleteBucket\"]\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("rule 0 (a)") && e.contains("`request_timeout`") && e.contains("approve"),
+            "{e}"
+        );
+        let e = compile_str("rules:\n  - name: a\n    effect: approve\n    request_timeout: soon\n    match:\n      actions: [\"s3:DeleteBucket\"]\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("`request_timeout`") && e.contains("soon"), "{e}");
+        let c = compile_str("rules:\n  - name: a\n    effect: approve\n    request_timeout: 2s\n    match:\n      actions: [\"s3:DeleteBucket\"]\n")
+            .map(|c| c.rules[0].request_timeout_secs)
+            .unwrap_or_default();
+        assert_eq!(c, 2);
     }
 
     #[test]
