@@ -688,3 +688,504 @@ fn principal_rule_is_enforced_through_its_keys() -> anyhow::Result<()> {
 fn unused(_: &str) -> String {
     s("")
 }
+
+// ---------------------------------------------------------------------------------------------
+// The approval flow in the audit trail, its timeouts and denials, and the `kill` effect.
+// ---------------------------------------------------------------------------------------------
+
+/// Runs a reviewer command (`query`, `verify`, `dump`, `report`) through the enforcing
+/// agent's API socket; returns its stdout, failing when the command fails.
+fn reviewer(enf: &Enf, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(agent_bin())
+        .arg("--data-dir")
+        .arg(&enf.agent.data_dir)
+        .arg("--api-socket")
+        .arg(&enf.socket)
+        .args(args)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "hoop-agent {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Entries of the stored trail a `query` selects (JSON lines).
+fn stored(enf: &Enf, filters: &[&str]) -> anyhow::Result<Vec<Value>> {
+    let mut args = vec!["query", "--format", "jsonl"];
+    args.extend_from_slice(filters);
+    Ok(jsonl(&reviewer(enf, &args)?))
+}
+
+/// Waits until the stored trail holds enforcement event `effect` of approval `id`.
+fn wait_stored_event(enf: &Enf, effect: &str, id: u64) -> anyhow::Result<Value> {
+    let start = Instant::now();
+    loop {
+        let evs = stored(enf, &["--decision", effect])?;
+        if let Some(e) = evs.iter().find(|e| e["decision"]["approval"] == id) {
+            return Ok(e.clone());
+        }
+        anyhow::ensure!(
+            start.elapsed() < WAIT,
+            "no {effect} of approval {id} in the stored trail: {evs:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits for a pending approval request of `pid`; returns its id.
+fn wait_pending(enf: &Enf, pid: u32) -> anyhow::Result<u64> {
+    let start = Instant::now();
+    loop {
+        let l = cli(&enf.socket, &["list"])?;
+        if let Some(a) = l["approvals"].as_array().and_then(|a| {
+            a.iter()
+                .find(|a| a["pid"] == pid && a["state"] == "pending")
+        }) {
+            return a["id"]
+                .as_u64()
+                .ok_or_else(|| anyhow::anyhow!("approval without id: {a}"));
+        }
+        anyhow::ensure!(start.elapsed() < WAIT, "no pending approval of {pid}: {l}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The approval `id` as `approvals list` shows it, once `pred` holds (or the last seen).
+fn wait_listed(enf: &Enf, id: u64, pred: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+    let start = Instant::now();
+    loop {
+        let l = cli(&enf.socket, &["list"])?;
+        let a = l["approvals"]
+            .as_array()
+            .and_then(|a| a.iter().find(|a| a["id"] == id).cloned())
+            .unwrap_or_default();
+        if pred(&a) || start.elapsed() > WAIT {
+            return Ok(a);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `GET /v1/enforce/stats` of the enforcing agent.
+fn enforce_stats(enf: &Enf) -> anyhow::Result<Value> {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(&enf.socket)?;
+    s.write_all(b"GET /v1/enforce/stats HTTP/1.1\r\nHost: hoop\r\nConnection: close\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .ok_or_else(|| anyhow::anyhow!("no HTTP body: {out}"))?;
+    Ok(serde_json::from_str(body.trim())?)
+}
+
+#[test]
+fn approval_flow_is_in_the_tamper_evident_trail() -> anyhow::Result<()> {
+    let emu = Emulator::start()?;
+    let key = test_key(20);
+    let mut enf = start(&format!(
+        "rules:\n  - name: ask-first\n    effect: approve\n    grant_ttl: 5m\n    match:\n      access_keys: [\"{key}\"]\n      actions: [\"s3:DeleteBucket\"]\n"
+    ))?;
+    let b = format!("hoop-trail-{}", std::process::id());
+    let (_, setup) = calls(&emu, None, None, &[format!("create-bucket:{b}")])?;
+    assert!(setup[0]["ok"] == true, "setup: {setup:?}");
+    let (pid1, first) = calls(&emu, Some(&key), None, &[format!("delete-bucket:{b}")])?;
+    assert!(first[0]["ok"] == false, "first attempt blocked: {first:?}");
+    let id = wait_pending(&enf, pid1)?;
+    let a = cli(&enf.socket, &["approve", &id.to_string()])?;
+    assert_eq!(a["state"], "approved", "{a}");
+    let (pid2, second) = calls(&emu, Some(&key), None, &[format!("delete-bucket:{b}")])?;
+    assert!(second[0]["ok"] == true, "retry passes: {second:?}");
+
+    // Who asked: the blocked call's process, user and key, with the masked call.
+    let req = wait_stored_event(&enf, "approval:requested", id)?;
+    assert_eq!(req["process"]["pid"], pid1, "{req}");
+    assert_eq!(req["process"]["uid"], 0, "{req}");
+    assert_eq!(req["identity"]["access_key_id"], key.as_str(), "{req}");
+    assert_eq!(req["aws"]["operation"], "DeleteBucket", "{req}");
+    assert_eq!(req["aws"]["iam_action"], "s3:DeleteBucket", "{req}");
+    assert_eq!(req["request"]["method"], "DELETE", "{req}");
+    assert_eq!(req["decision"]["rule"], "ask-first", "{req}");
+    assert_eq!(req["event"]["held"], false, "{req}");
+    assert!(req["event"]["requested_at"].is_string(), "{req}");
+    // Who approved, when, until when.
+    let ok = wait_stored_event(&enf, "approval:approved", id)?;
+    assert!(
+        ok["event"]["decided_by"]
+            .as_str()
+            .is_some_and(|s| s.contains("uid=0")),
+        "{ok}"
+    );
+    assert!(ok["event"]["decided_at"].is_string(), "{ok}");
+    assert!(ok["event"]["grant_expires"].is_string(), "{ok}");
+    assert_eq!(
+        ok["process"]["pid"], pid1,
+        "the approval is about pid1's request: {ok}"
+    );
+    // Which call used the grant.
+    let used = wait_stored_event(&enf, "approval:used", id)?;
+    assert_eq!(used["process"]["pid"], pid2, "{used}");
+    assert_eq!(used["identity"]["access_key_id"], key.as_str(), "{used}");
+    // The calls themselves name the request they raised and the grant they passed on.
+    let pid1s = pid1.to_string();
+    let pid2s = pid2.to_string();
+    let c1 = stored(&enf, &["--pid", &pid1s, "--decision", "approval-requested"])?;
+    assert!(c1.iter().any(|c| c["decision"]["approval"] == id), "{c1:?}");
+    let c2 = stored(&enf, &["--pid", &pid2s, "--decision", "approved"])?;
+    assert!(
+        c2.iter()
+            .any(|c| c["decision"]["approval"] == id && c["response"]["status"] == 204),
+        "{c2:?}"
+    );
+    // Secrets are masked in event entries as everywhere.
+    let all = reviewer(&enf, &["dump", "--format", "jsonl", "--no-progress"])?;
+    assert!(!all.contains(SECRET_ACCESS_KEY), "no secret key stored");
+    assert!(!all.contains("Signature="), "no request signature stored");
+    let dumped = jsonl(&all);
+    for e in ["approval:requested", "approval:approved", "approval:used"] {
+        assert!(
+            dumped
+                .iter()
+                .any(|d| d["decision"]["effect"] == e && d["decision"]["approval"] == id),
+            "dump holds {e}"
+        );
+    }
+    // The events are links of the hash chain, and reports still count only calls.
+    let v = reviewer(&enf, &["verify"])?;
+    assert!(v.contains("chain OK"), "{v}");
+    let rep: Value = serde_json::from_str(&reviewer(
+        &enf,
+        &["report", "--format", "json", "--access-key", &key],
+    )?)?;
+    let calls_of_key = rep.to_string();
+    assert!(
+        calls_of_key.contains("\"calls\":2"),
+        "two DeleteBucket calls, events not counted: {rep}"
+    );
+    enf.agent.stop()?;
+    Ok(())
+}
+
+#[test]
+fn approval_deny_is_recorded_and_the_retry_stays_blocked() -> anyhow::Result<()> {
+    let emu = Emulator::start()?;
+    let key = test_key(21);
+    let mut enf = start(&format!(
+        "rules:\n  - name: ask-first\n    effect: approve\n    match:\n      access_keys: [\"{key}\"]\n      actions: [\"s3:DeleteBucket\"]\n"
+    ))?;
+    let b = format!("hoop-deny-{}", std::process::id());
+    let (_, setup) = calls(&emu, None, None, &[format!("create-bucket:{b}")])?;
+    assert!(setup[0]["ok"] == true, "setup: {setup:?}");
+    let (pid1, first) = calls(&emu, Some(&key), None, &[format!("delete-bucket:{b}")])?;
+    assert!(first[0]["ok"] == false, "first attempt blocked: {first:?}");
+    let id = wait_pending(&enf, pid1)?;
+    let d = cli(&enf.socket, &["deny", &id.to_string()])?;
+    assert_eq!(d["state"], "denied", "{d}");
+    assert!(
+        d["decided_by"]
+            .as_str()
+            .is_some_and(|s| s.contains("uid=0")),
+        "{d}"
+    );
+    // A denied request cannot be approved afterwards.
+    let late = Command::new(agent_bin())
+        .args(["approvals", "--api-socket"])
+        .arg(&enf.socket)
+        .args(["approve", &id.to_string()])
+        .output()?;
+    assert!(!late.status.success(), "approve after deny must fail");
+    let (pid2, second) = calls(&emu, Some(&key), None, &[format!("delete-bucket:{b}")])?;
+    assert!(second[0]["ok"] == false, "retry still blocked: {second:?}");
+    let id2 = wait_pending(&enf, pid2)?;
+    assert_ne!(id2, id, "the retry is a new request");
+    let (_, after) = calls(&emu, None, None, &[format!("head-bucket:{b}")])?;
+    assert!(after[0]["ok"] == true, "bucket still exists: {after:?}");
+    let den = wait_stored_event(&enf, "approval:denied", id)?;
+    assert!(
+        den["event"]["decided_by"]
+            .as_str()
+            .is_some_and(|s| s.contains("uid=0")),
+        "{den}"
+    );
+    assert_eq!(den["process"]["pid"], pid1, "{den}");
+    assert_eq!(den["aws"]["operation"], "DeleteBucket", "{den}");
+    let lines: Vec<Value> = enf
+        .agent
+        .records()
+        .into_iter()
+        .filter(|r| r["type"] == "approval" && r["event"] == "denied" && r["id"] == id)
+        .collect();
+    assert_eq!(lines.len(), 1, "one denied line in the output");
+    let r2 = enf
+        .agent
+        .wait_records(pid2, WAIT, |r| !decision_of(r, "DeleteBucket").is_empty());
+    assert!(
+        decision_of(&r2, "DeleteBucket")
+            .iter()
+            .any(|d| d["effect"] == "approval-requested" && d["approval"] == id2),
+        "{r2:?}"
+    );
+    enf.agent.stop()?;
+    Ok(())
+}
+
+#[test]
+fn approval_grant_is_time_bound_and_leaves_the_kernel() -> anyhow::Result<()> {
+    let emu = Emulator::start()?;
+    let key = test_key(22);
+    let mut enf = start(&format!(
+        "rules:\n  - name: brief\n    effect: approve\n    grant_ttl: 2s\n    match:\n      access_keys: [\"{key}\"]\n      actions: [\"s3:DeleteBucket\", \"s3:CreateBucket\"]\n"
+    ))?;
+    let b = format!("hoop-ttl-{}", std::process::id());
+    let (pid1, first) = calls(&emu, Some(&key), None, &[format!("create-bucket:{b}")])?;
+    assert!(first[0]["ok"] == false, "first attempt blocked: {first:?}");
+    let id = wait_pending(&enf, pid1)?;
+    cli(&enf.socket, &["approve", &id.to_string()])?;
+    assert_eq!(enforce_stats(&enf)?["grants"], 1, "one grant in the kernel");
+    let (_, second) = calls(&emu, Some(&key), None, &[format!("create-bucket:{b}")])?;
+    assert!(
+        second[0]["ok"] == true,
+        "within the TTL the retry passes: {second:?}"
+    );
+    // Past the TTL: the grant is gone from the kernel map, expired in the list and trail,
+    // and the same call is blocked again (a new request).
+    let a = wait_listed(&enf, id, |a| a["state"] == "expired")?;
+    assert_eq!(a["state"], "expired", "{a}");
+    let start_t = Instant::now();
+    while enforce_stats(&enf)?["grants"] != 0 {
+        anyhow::ensure!(start_t.elapsed() < WAIT, "grant never left ENF_GRANTS");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let exp = wait_stored_event(&enf, "approval:expired", id)?;
+    assert!(exp["event"]["grant_expires"].is_string(), "{exp}");
+    let (pid3, third) = calls(&emu, Some(&key), None, &[format!("delete-bucket:{b}")])?;
+    assert!(
+        third[0]["ok"] == false,
+        "another action was never granted: {third:?}"
+    );
+    let (pid4, fourth) = calls(&emu, Some(&key), None, &[format!("create-bucket:{b}2")])?;
+    let _ = pid3;
+    assert!(
+        fourth[0]["ok"] == false,
+        "after the TTL blocked again: {fourth:?}"
+    );
+    let id4 = wait_pending(&enf, pid4)?;
+    assert!(id4 > id, "a new request");
+    assert!(
+        enf.agent
+            .records()
+            .iter()
+            .any(|r| r["type"] == "approval" && r["event"] == "expired" && r["id"] == id),
+        "expired line in the output"
+    );
+    enf.agent.stop()?;
+    Ok(())
+}
+
+#[test]
+fn approval_request_expires_without_a_decision() -> anyhow::Result<()> {
+    let emu = Emulator::start()?;
+    let key = test_key(23);
+    let mut enf = start(&format!(
+        "rules:\n  - name: ask-first\n    effect: approve\n    request_timeout: 2s\n    match:\n      access_keys: [\"{key}\"]\n      actions: [\"s3:DeleteBucket\"]\n"
+    ))?;
+    let b = format!("hoop-reqexp-{}", std::process::id());
+    let (_, setup) = calls(&emu, None, None, &[format!("create-bucket:{b}")])?;
+    assert!(setup[0]["ok"] == true, "setup: {setup:?}");
+    let (pid1, first) = calls(&emu, Some(&key), None, &[format!("delete-bucket:{b}")])?;
+    assert!(first[0]["ok"] == false, "first attempt blocked: {first:?}");
+    let id = wait_pending(&enf, pid1)?;
+    let a = wait_listed(&enf, id, |a| a["state"] != "pending")?;
+    assert_eq!(a["state"], "expired", "{a}");
+    assert_eq!(a["decided_by"], "timeout", "{a}");
+    let late = Command::new(agent_bin())
+        .args(["approvals", "--api-socket"])
+        .arg(&enf.socket)
+        .args(["approve", &id.to_string()])
+        .output()?;
+    assert!(
+        !late.status.success(),
+        "an expired request cannot be approved"
+    );
+    let exp = wait_stored_event(&enf, "approval:expired", id)?;
+    assert_eq!(exp["event"]["decided_by"], "timeout", "{exp}");
+    assert_eq!(exp["process"]["pid"], pid1, "{exp}");
+    let (_, again) = calls(&emu, Some(&key), None, &[format!("delete-bucket:{b}")])?;
+    assert!(again[0]["ok"] == false, "still blocked: {again:?}");
+    assert_eq!(enforce_stats(&enf)?["grants"], 0, "nothing was granted");
+    enf.agent.stop()?;
+    Ok(())
+}
+
+#[test]
+fn approval_hold_times_out_and_the_held_call_fails() -> anyhow::Result<()> {
+    let emu = Emulator::start()?;
+    let key = test_key(24);
+    let mut enf = start(&format!(
+        "rules:\n  - name: hold-brief\n    effect: approve\n    hold: true\n    hold_timeout: 2s\n    match:\n      access_keys: [\"{key}\"]\n      actions: [\"s3:DeleteBucket\"]\n"
+    ))?;
+    let b = format!("hoop-holdexp-{}", std::process::id());
+    let (_, setup) = calls(&emu, None, None, &[format!("create-bucket:{b}")])?;
+    assert!(setup[0]["ok"] == true, "setup: {setup:?}");
+    let client = Bg::start(&emu, &key, &[format!("delete-bucket:{b}")])?;
+    let pid = client.pid();
+    let start_t = Instant::now();
+    while proc_state(pid) != Some('T') {
+        anyhow::ensure!(
+            start_t.elapsed() < WAIT,
+            "client never stopped: state {:?}",
+            proc_state(pid)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let id = wait_pending(&enf, pid)?;
+    // Nobody decides: after hold_timeout the caller resumes and its call fails, unsent.
+    let res = client.finish()?;
+    assert!(
+        !ok_of(&res, &format!("delete-bucket:{b}")),
+        "the held call fails after the timeout: {res:?}"
+    );
+    let paused = start_t.elapsed();
+    assert!(
+        paused < Duration::from_secs(10),
+        "resumed after the timeout, not later: {paused:?}"
+    );
+    let (_, after) = calls(&emu, None, None, &[format!("head-bucket:{b}")])?;
+    assert!(after[0]["ok"] == true, "bucket still exists: {after:?}");
+    let a = wait_listed(&enf, id, |a| a["state"] == "expired")?;
+    assert_eq!(a["state"], "expired", "{a}");
+    assert_eq!(a["decided_by"], "timeout", "{a}");
+    let exp = wait_stored_event(&enf, "approval:expired", id)?;
+    assert_eq!(exp["event"]["held"], true, "{exp}");
+    assert_eq!(exp["process"]["pid"], pid, "{exp}");
+    let req = wait_stored_event(&enf, "approval:requested", id)?;
+    assert_eq!(req["aws"]["operation"], "DeleteBucket", "{req}");
+    let recs = enf
+        .agent
+        .wait_records(pid, WAIT, |r| !decision_of(r, "DeleteBucket").is_empty());
+    assert!(
+        decision_of(&recs, "DeleteBucket")
+            .iter()
+            .any(|d| d["effect"] == "deny" && d["rule"] == "hold-brief"),
+        "{recs:?}"
+    );
+    enf.agent.stop()?;
+    Ok(())
+}
+
+#[test]
+fn kill_rule_kills_the_caller_before_the_call_leaves() -> anyhow::Result<()> {
+    use std::os::unix::process::ExitStatusExt;
+    let emu = Emulator::start()?;
+    let key = test_key(25);
+    let mut enf = start(&format!(
+        "rules:\n  - name: no-bucket-deletes\n    effect: kill\n    match:\n      access_keys: [\"{key}\"]\n      actions: [\"s3:DeleteBucket\"]\n  - name: watch-creates\n    effect: audit\n    match:\n      access_keys: [\"{key}\"]\n      actions: [\"s3:CreateBucket\"]\n"
+    ))?;
+    let b = format!("hoop-kill-{}", std::process::id());
+    let mut cmd = Command::new(repo_root().join(".venv/bin/python"));
+    cmd.arg(client_script("enforce_calls.py"))
+        .arg(format!("create-bucket:{b}"))
+        .arg(format!("delete-bucket:{b}"))
+        .arg(format!("head-bucket:{b}"));
+    emu.client_env(&mut cmd);
+    cmd.env("AWS_ACCESS_KEY_ID", &key);
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let pid = child.id();
+    let out = child.wait_with_output()?;
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "killed by SIGKILL: {:?} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let res = jsonl(&String::from_utf8_lossy(&out.stdout));
+    assert!(ok_of(&res, &format!("create-bucket:{b}")), "{res:?}");
+    assert!(
+        res.iter()
+            .all(|r| r["step"] != format!("delete-bucket:{b}").as_str()),
+        "the process died inside DeleteBucket: {res:?}"
+    );
+    let (_, after) = calls(&emu, None, None, &[format!("head-bucket:{b}")])?;
+    assert!(after[0]["ok"] == true, "the bucket still exists: {after:?}");
+    let recs = enf.agent.wait_records(pid, WAIT, |r| {
+        !decision_of(r, "DeleteBucket").is_empty() && !decision_of(r, "CreateBucket").is_empty()
+    });
+    assert!(
+        decision_of(&recs, "DeleteBucket")
+            .iter()
+            .any(|d| d["effect"] == "kill" && d["rule"] == "no-bucket-deletes"),
+        "{recs:?}"
+    );
+    assert!(
+        decision_of(&recs, "CreateBucket")
+            .iter()
+            .any(|d| d["effect"] == "audit" && d["rule"] == "watch-creates"),
+        "{recs:?}"
+    );
+    let pids = pid.to_string();
+    let start_t = Instant::now();
+    loop {
+        let k = stored(&enf, &["--pid", &pids, "--decision", "kill"])?;
+        if k.iter().any(|r| r["aws"]["operation"] == "DeleteBucket") {
+            break;
+        }
+        anyhow::ensure!(start_t.elapsed() < WAIT, "no stored kill decision: {k:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    enf.agent.stop()?;
+    Ok(())
+}
+
+#[test]
+fn endpoint_decisions_are_in_the_trail() -> anyhow::Result<()> {
+    let l4 = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = l4.local_addr()?.port();
+    let cg = Cgroup::new("eptrail")?;
+    let mut enf = start(&format!(
+        "rules:\n  - name: no-listener\n    effect: deny\n    match:\n      cgroup: \"{}\"\n      endpoints: [\"127.0.0.1/32\"]\n      ports: [{port}]\n",
+        cg.1
+    ))?;
+    let probe = format!(
+        "import socket\ns = socket.socket()\ntry:\n    s.connect(('127.0.0.1', {port})); print('connected')\nexcept OSError as e:\n    print(e.errno)\n"
+    );
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"",
+            cg.0.display()
+        ))
+        .arg(repo_root().join(".venv/bin/python"))
+        .arg("-c")
+        .arg(&probe);
+    let (pid, out) = run_client(c)?;
+    assert_eq!(out.trim(), "1", "EPERM from the cgroup");
+    let start_t = Instant::now();
+    let e = loop {
+        let evs = stored(
+            &enf,
+            &["--decision", "endpoint:*", "--pid", &pid.to_string()],
+        )?;
+        if let Some(e) = evs.into_iter().next() {
+            break e;
+        }
+        anyhow::ensure!(start_t.elapsed() < WAIT, "no stored endpoint decision");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(e["decision"]["effect"], "endpoint:deny", "{e}");
+    assert_eq!(e["decision"]["rule"], "no-listener", "{e}");
+    assert_eq!(e["event"]["destination"], "127.0.0.1", "{e}");
+    assert_eq!(e["event"]["port"], port, "{e}");
+    assert_eq!(e["process"]["uid"], 0, "{e}");
+    let v = reviewer(&enf, &["verify"])?;
+    assert!(v.contains("chain OK"), "{v}");
+    drop(l4);
+    enf.agent.stop()?;
+    Ok(())
+}
