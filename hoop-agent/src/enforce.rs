@@ -197,6 +197,9 @@ pub struct State {
     pods: Option<Arc<PodCache>>,
     /// Access key id → principal ARN, as the identity resolver knows them, for `principals`.
     principal_keys: Vec<(String, String)>,
+    /// Key hash (as the kernel reports it) → access key id, for the keys rules name, so an
+    /// event built from a kernel decision alone says which key asked.
+    key_names: HashMap<u64, String>,
 }
 
 pub type Shared = Arc<Mutex<State>>;
@@ -289,6 +292,7 @@ pub fn start(ebpf: &mut Ebpf, opts: &EnforceOptions) -> Result<Enforcer> {
         busy_warned: 0,
         pods: None,
         principal_keys: Vec::new(),
+        key_names: HashMap::new(),
         stats: opts.stats,
         approvals: Vec::new(),
         next_id: 1,
@@ -646,12 +650,15 @@ impl State {
     fn write_akids(&mut self) {
         let Some(c) = self.policy.clone() else { return };
         let mut ak: BTreeMap<u64, RuleMask> = BTreeMap::new();
+        let mut names = HashMap::new();
         for (slot, kr) in c.krules.iter().enumerate() {
             let r = &c.rules[kr.rule];
             for a in rule_keys(r, &self.principal_keys) {
                 ak.entry(fnv(&a)).or_default().set(slot as u32);
+                names.insert(fnv(&a), a);
             }
         }
+        self.key_names = names;
         sync_masks(&mut self.maps.akids, &self.written.akids, &ak);
         self.written.akids = ak;
     }
@@ -974,6 +981,7 @@ impl State {
         rec.process.comm = std::fs::read_to_string(format!("/proc/{}/comm", ev.tgid))
             .map(|c| c.trim().to_string())
             .unwrap_or_default();
+        rec.identity.access_key_id = self.key_names.get(&ev.akid).cloned();
         if ev.kind != enf::KIND_CONNECT {
             rec.connection.id = format!("{:#x}", ev.conn);
             rec.connection.tls = "openssl".into();
@@ -1020,6 +1028,7 @@ impl State {
                     cgroup_id: a.cgroup_id,
                     conn: a.conn,
                     action: a.grant.action,
+                    akid: a.grant.akid,
                     ..Default::default()
                 };
                 (self.bare_record(a.requested_boot_ns, &ev), true)

@@ -1063,6 +1063,8 @@ fn approval_hold_times_out_and_the_held_call_fails() -> anyhow::Result<()> {
     assert_eq!(exp["process"]["pid"], pid, "{exp}");
     let req = wait_stored_event(&enf, "approval:requested", id)?;
     assert_eq!(req["aws"]["operation"], "DeleteBucket", "{req}");
+    assert_eq!(req["identity"]["access_key_id"], key.as_str(), "{req}");
+    assert_eq!(req["process"]["pid"], pid, "{req}");
     let recs = enf
         .agent
         .wait_records(pid, WAIT, |r| !decision_of(r, "DeleteBucket").is_empty());
@@ -1183,6 +1185,44 @@ fn endpoint_decisions_are_in_the_trail() -> anyhow::Result<()> {
     assert_eq!(e["event"]["destination"], "127.0.0.1", "{e}");
     assert_eq!(e["event"]["port"], port, "{e}");
     assert_eq!(e["process"]["uid"], 0, "{e}");
+    // In monitor mode the connect passes and is recorded as would-deny.
+    std::thread::sleep(Duration::from_millis(1100));
+    std::fs::write(
+        &enf.policy,
+        format!(
+            "mode: monitor\nrules:\n  - name: watch-listener\n    effect: deny\n    match:\n      cgroup: \"{}\"\n      endpoints: [\"127.0.0.1/32\"]\n      ports: [{port}]\n",
+            cg.1
+        ),
+    )?;
+    enf.agent.wait_log("policy reloaded", WAIT)?;
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"",
+            cg.0.display()
+        ))
+        .arg(repo_root().join(".venv/bin/python"))
+        .arg("-c")
+        .arg(&probe);
+    let (pid2, out) = run_client(c)?;
+    assert_eq!(out.trim(), "connected", "monitor mode blocks nothing");
+    let start_t = Instant::now();
+    let w = loop {
+        let evs = stored(
+            &enf,
+            &["--decision", "endpoint:*", "--pid", &pid2.to_string()],
+        )?;
+        if let Some(e) = evs.into_iter().next() {
+            break e;
+        }
+        anyhow::ensure!(
+            start_t.elapsed() < WAIT,
+            "no stored would-deny endpoint decision"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(w["decision"]["effect"], "endpoint:would-deny", "{w}");
+    assert_eq!(w["decision"]["rule"], "watch-listener", "{w}");
     let v = reviewer(&enf, &["verify"])?;
     assert!(v.contains("chain OK"), "{v}");
     drop(l4);
