@@ -325,6 +325,9 @@ impl EventLoop {
                     let name = hoop_common::c_str_bytes(&ev.filename);
                     self.identity
                         .on_exec(ev.tgid, ev.ppid, &String::from_utf8_lossy(name));
+                    if let Some(e) = &self.enforcer {
+                        e.on_exec(ev.tgid);
+                    }
                     let _ = self.scan_tx.send(ev.tgid);
                 }
                 PROC_EXIT => {

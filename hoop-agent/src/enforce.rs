@@ -3,7 +3,7 @@
 //! policy, adopts sockets that existed before the agent, turns kernel decision events into
 //! record decisions and runs just-in-time approvals.
 
-use crate::policy::{self, Compiled, Effect, Mode, Workload};
+use crate::policy::{self, Compiled, Mode, Workload};
 use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf,
@@ -12,7 +12,8 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSockAddr, SkMsg, SockOps},
 };
 use hoop_common::{
-    Cands, DecisionEvent, EndpointKey, EndpointVal, EnforceConfig, GrantKey, RuleDef, RuleMask, enf,
+    Cands, DecisionEvent, EndpointKey, EndpointRef, EndpointVal, EnforceConfig, GrantKey, RuleDef,
+    RuleMask, enf,
 };
 use hoop_event::{Aws, CallRecord, Decision, Event};
 use hoop_identity::k8s::{PodCache, PodMeta};
@@ -46,6 +47,7 @@ struct Maps {
     grants: BpfHashMap<MapData, GrantKey, u64>,
     verdict: BpfHashMap<MapData, u64, u32>,
     endpoints: LpmTrie<MapData, EndpointKey, EndpointVal>,
+    ep_pid: BpfHashMap<MapData, u32, RuleMask>,
     socks: SockHash<MapData, u64>,
 }
 
@@ -57,7 +59,95 @@ struct Written {
     scope_cg: BTreeMap<u64, RuleMask>,
     scope_pid: BTreeMap<u32, RuleMask>,
     akids: BTreeMap<u64, RuleMask>,
-    endpoints: BTreeSet<(u32, [u8; 8], [u8; 16])>,
+    endpoints: BTreeMap<EpKey, EndpointVal>,
+    ep_pid: BTreeMap<u32, RuleMask>,
+}
+
+/// An endpoint trie key: (prefix length in bits, cgroup id bytes, address).
+type EpKey = (u32, [u8; 8], [u8; 16]);
+
+/// Rule ids of endpoint rules in decision events: this plus the endpoint rule's index.
+const ENDPOINT_RULE_BASE: u32 = 10_000;
+
+/// The endpoint trie entries and the tgid masks of `exe` selectors: each rule becomes a
+/// reference in the entries of its prefixes, keyed by each selected cgroup or by 0 (every
+/// cgroup).
+fn endpoint_plan(
+    c: &Compiled,
+    all: &[(String, u64)],
+    pods: Option<&PodCache>,
+) -> (BTreeMap<EpKey, EndpointVal>, BTreeMap<u32, RuleMask>) {
+    let mut by_key: BTreeMap<EpKey, Vec<EndpointRef>> = BTreeMap::new();
+    let mut ep_pid: BTreeMap<u32, RuleMask> = BTreeMap::new();
+    for (i, e) in c.endpoints.iter().enumerate() {
+        let (cgs, pids) = if e.workload.is_scoped() {
+            resolve(&e.workload, all, pods)
+        } else {
+            Default::default()
+        };
+        let cgs: Vec<u64> = if e.keyed_by_cgroup() {
+            cgs.into_iter().collect()
+        } else {
+            vec![0]
+        };
+        let has_exe = !e.workload.exe.list().is_empty();
+        for p in pids {
+            ep_pid.entry(p).or_default().set(i as u32);
+        }
+        let mut r = EndpointRef {
+            rule: ENDPOINT_RULE_BASE + i as u32,
+            index: i as u32,
+            uid: e.workload.uid.unwrap_or(u32::MAX),
+            effect: e.effect.code(),
+            flags: if has_exe { enf::EPF_PID } else { 0 },
+            ..Default::default()
+        };
+        for (k, p) in e.ports.iter().take(enf::MAX_EP_PORTS).enumerate() {
+            r.ports[k] = *p;
+        }
+        for (ip, plen) in &e.nets {
+            let (addr, bits) = policy::net_v6(ip, *plen);
+            for cg in &cgs {
+                by_key
+                    .entry((64 + bits, cg.to_ne_bytes(), addr))
+                    .or_default()
+                    .push(r);
+            }
+        }
+    }
+    (endpoint_entries(&by_key), ep_pid)
+}
+
+/// The trie entries: every key carries, in policy order, its own rules and those of the
+/// shorter prefixes of the same cgroup key that contain it (the trie returns only the longest
+/// matching prefix). The policy compiler bounds their number by `MAX_EP_CANDS`.
+fn endpoint_entries(by_key: &BTreeMap<EpKey, Vec<EndpointRef>>) -> BTreeMap<EpKey, EndpointVal> {
+    let mut out = BTreeMap::new();
+    for k in by_key.keys() {
+        let mut refs: Vec<EndpointRef> = by_key
+            .iter()
+            .filter(|(o, _)| o.1 == k.1 && policy::net_covers((o.2, o.0 - 64), (k.2, k.0 - 64)))
+            .flat_map(|(_, v)| v.iter().copied())
+            .collect();
+        refs.sort_by_key(|r| r.index);
+        refs.dedup_by_key(|r| r.index);
+        if refs.len() > enf::MAX_EP_CANDS {
+            error!(
+                rules = refs.len(),
+                "endpoint rules beyond the first {} on one destination are not enforced",
+                enf::MAX_EP_CANDS
+            );
+        }
+        let mut v = EndpointVal {
+            n: refs.len().min(enf::MAX_EP_CANDS) as u32,
+            ..Default::default()
+        };
+        for (slot, r) in v.refs.iter_mut().zip(refs) {
+            *slot = r;
+        }
+        out.insert(*k, v);
+    }
+    out
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -277,6 +367,7 @@ pub fn start(ebpf: &mut Ebpf, opts: &EnforceOptions) -> Result<Enforcer> {
         grants: take(ebpf, "ENF_GRANTS")?,
         verdict: take(ebpf, "ENF_VERDICT")?,
         endpoints: take(ebpf, "ENF_ENDPOINTS")?,
+        ep_pid: take(ebpf, "ENF_EP_PID")?,
         socks,
     };
     let ring: RingBuf<MapData> = take(ebpf, "ENF_EVENTS")?;
@@ -434,47 +525,57 @@ fn pod_of(pods: &PodCache, rel: &str) -> Option<Arc<PodMeta>> {
         })
 }
 
+/// Does a workload's cgroup-based selectors (cgroup prefix, container id, Kubernetes) hold
+/// for the cgroup at `rel`? True when it has none.
+fn cgroup_selected(w: &Workload, rel: &str, pods: Option<&PodCache>) -> bool {
+    let prefixes = w.cgroup.list();
+    let containers = w.container.list();
+    let pre = prefixes.is_empty()
+        || prefixes.iter().any(|p| {
+            let p = format!("/{}", p.trim_start_matches('/'));
+            rel == p || rel.starts_with(&format!("{}/", p.trim_end_matches('/')))
+        });
+    let con = containers.is_empty()
+        || containers
+            .iter()
+            .any(|c| c.len() >= 12 && rel.contains(c.as_str()));
+    let pod = !has_k8s(w)
+        || pods
+            .and_then(|p| pod_of(p, rel))
+            .is_some_and(|pod| pod_matches(w, &pod));
+    pre && con && pod
+}
+
+fn has_k8s(w: &Workload) -> bool {
+    !(w.namespace.list().is_empty()
+        && w.pod_labels.is_empty()
+        && w.service_account.list().is_empty())
+}
+
+fn has_cgroup_selectors(w: &Workload) -> bool {
+    !w.cgroup.list().is_empty() || !w.container.list().is_empty() || has_k8s(w)
+}
+
+/// Is process `pid` (executable `exe`) selected by a workload with `exe` selectors?
+fn pid_selected(w: &Workload, pid: u32, exe: &str, pods: Option<&PodCache>) -> bool {
+    if !w.exe.list().iter().any(|g| policy::glob(g, exe)) {
+        return false;
+    }
+    !has_cgroup_selectors(w) || proc_cgroup(pid).is_some_and(|c| cgroup_selected(w, &c, pods))
+}
+
 /// Resolves a workload selector to cgroup ids and (for exe selectors) tgids. Kubernetes
 /// selectors go through the pod cache (cgroup path → pod UID → pod); without pods they
-/// select nothing.
+/// select nothing. With `exe`, only tgids are returned (the cgroup selectors then narrow
+/// which processes count).
 fn resolve(
     w: &Workload,
     all: &[(String, u64)],
     pods: Option<&PodCache>,
 ) -> (BTreeSet<u64>, BTreeSet<u32>) {
     let mut cgs = BTreeSet::new();
-    let prefixes = w.cgroup.list();
-    let containers = w.container.list();
-    let k8s = !(w.namespace.list().is_empty()
-        && w.pod_labels.is_empty()
-        && w.service_account.list().is_empty());
-    let has_cg_sel = !prefixes.is_empty() || !containers.is_empty() || k8s;
-    let cg_ok = |rel: &str| -> bool {
-        let pre = prefixes.is_empty()
-            || prefixes.iter().any(|p| {
-                let p = format!("/{}", p.trim_start_matches('/'));
-                rel == p || rel.starts_with(&format!("{}/", p.trim_end_matches('/')))
-            });
-        let con = containers.is_empty()
-            || containers
-                .iter()
-                .any(|c| c.len() >= 12 && rel.contains(c.as_str()));
-        let pod = !k8s
-            || pods
-                .and_then(|p| pod_of(p, rel))
-                .is_some_and(|pod| pod_matches(w, &pod));
-        pre && con && pod
-    };
-    if has_cg_sel {
-        for (rel, id) in all {
-            if cg_ok(rel) {
-                cgs.insert(*id);
-            }
-        }
-    }
     let mut pids = BTreeSet::new();
-    let exes = w.exe.list();
-    if !exes.is_empty() {
+    if !w.exe.list().is_empty() {
         if let Ok(rd) = std::fs::read_dir("/proc") {
             for e in rd.flatten() {
                 let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
@@ -483,17 +584,17 @@ fn resolve(
                 let Ok(exe) = std::fs::read_link(e.path().join("exe")) else {
                     continue;
                 };
-                let exe = exe.to_string_lossy();
-                if !exes.iter().any(|g| policy::glob(g, &exe)) {
-                    continue;
+                if pid_selected(w, pid, &exe.to_string_lossy(), pods) {
+                    pids.insert(pid);
                 }
-                if has_cg_sel && !proc_cgroup(pid).is_some_and(|c| cg_ok(&c)) {
-                    continue;
-                }
-                pids.insert(pid);
             }
         }
-        cgs.clear();
+    } else if has_cgroup_selectors(w) {
+        for (rel, id) in all {
+            if cgroup_selected(w, rel, pods) {
+                cgs.insert(*id);
+            }
+        }
     }
     (cgs, pids)
 }
@@ -547,6 +648,27 @@ fn sync_masks<K: aya::Pod + Ord>(
     }
     for k in old.keys().filter(|k| !new.contains_key(k)) {
         let _ = map.remove(k);
+    }
+}
+
+/// Sets one key's mask (an empty mask removes the key).
+fn set_mask<K: aya::Pod + Ord>(
+    map: &mut BpfHashMap<MapData, K, RuleMask>,
+    written: &mut BTreeMap<K, RuleMask>,
+    k: K,
+    m: RuleMask,
+) {
+    if m == RuleMask::default() {
+        if written.remove(&k).is_some() {
+            let _ = map.remove(&k);
+        }
+    } else if written.get(&k) != Some(&m) {
+        match map.insert(&k, &m, 0) {
+            Ok(()) => {
+                written.insert(k, m);
+            }
+            Err(e) => error!("write rule mask: {e}"),
+        }
     }
 }
 
@@ -715,58 +837,71 @@ impl State {
         );
         self.written.scope_cg = scope_cg;
         self.written.scope_pid = scope_pid;
-        // Endpoints.
-        let mut eps = BTreeSet::new();
-        for (i, e) in c.endpoints.iter().enumerate() {
-            if e.effect == Effect::Audit {
+        let (eps, ep_pid) = endpoint_plan(&c, &all, pods);
+        for (k, v) in &eps {
+            if self.written.endpoints.get(k) == Some(v) {
                 continue;
             }
-            let rule_idx = c
-                .rules
-                .iter()
-                .position(|r| r.name == e.name)
-                .unwrap_or(10_000 + i) as u32;
-            let cgs: Vec<u64> = if e.workload.is_scoped() {
-                resolve(&e.workload, &all, pods).0.into_iter().collect()
-            } else {
-                vec![0]
-            };
-            for (ip, plen) in &e.nets {
-                let (addr, bits) = match ip {
-                    std::net::IpAddr::V4(v4) => (v4.to_ipv6_mapped().octets(), 96 + *plen as u32),
-                    std::net::IpAddr::V6(v6) => (v6.octets(), *plen as u32),
-                };
-                let mut ports = [0u16; 4];
-                for (i, p) in e.ports.iter().take(4).enumerate() {
-                    ports[i] = *p;
-                }
-                for cg in &cgs {
-                    let key = Key::new(
-                        64 + bits,
-                        EndpointKey {
-                            cgroup: cg.to_ne_bytes(),
-                            addr,
-                        },
-                    );
-                    let val = EndpointVal {
-                        rule: rule_idx,
-                        ports,
-                    };
-                    let _ = self.maps.endpoints.insert(&key, &val, 0);
-                    eps.insert((64 + bits, cg.to_ne_bytes(), addr));
-                }
+            let key = Key::new(
+                k.0,
+                EndpointKey {
+                    cgroup: k.1,
+                    addr: k.2,
+                },
+            );
+            if let Err(e) = self.maps.endpoints.insert(&key, v, 0) {
+                error!("write ENF_ENDPOINTS: {e}");
             }
         }
-        for (bits, cg, addr) in self.written.endpoints.difference(&eps) {
-            let _ = self.maps.endpoints.remove(&Key::new(
-                *bits,
-                EndpointKey {
-                    cgroup: *cg,
-                    addr: *addr,
-                },
-            ));
+        for (bits, cg, addr) in self.written.endpoints.keys() {
+            if !eps.contains_key(&(*bits, *cg, *addr)) {
+                let _ = self.maps.endpoints.remove(&Key::new(
+                    *bits,
+                    EndpointKey {
+                        cgroup: *cg,
+                        addr: *addr,
+                    },
+                ));
+            }
         }
         self.written.endpoints = eps;
+        sync_masks(&mut self.maps.ep_pid, &self.written.ep_pid, &ep_pid);
+        self.written.ep_pid = ep_pid;
+    }
+
+    /// A process exec'd: its `exe` selector bits are set (or cleared) at once, so a new
+    /// process is covered from its first call, not from the next refresh.
+    pub fn on_exec(&mut self, tgid: u32) {
+        let Some(c) = self.policy.clone() else { return };
+        if !c.has_exe() {
+            return;
+        }
+        let Ok(exe) = std::fs::read_link(format!("/proc/{tgid}/exe")) else {
+            return;
+        };
+        let exe = exe.to_string_lossy();
+        let pods = self.pods.clone();
+        let pods = pods.as_deref();
+        let mut call = RuleMask::default();
+        for (slot, kr) in c.krules.iter().enumerate() {
+            let w = &c.rules[kr.rule].workload;
+            if !w.exe.list().is_empty() && pid_selected(w, tgid, &exe, pods) {
+                call.set(slot as u32);
+            }
+        }
+        let mut ep = RuleMask::default();
+        for (i, e) in c.endpoints.iter().enumerate() {
+            if !e.workload.exe.list().is_empty() && pid_selected(&e.workload, tgid, &exe, pods) {
+                ep.set(i as u32);
+            }
+        }
+        set_mask(
+            &mut self.maps.scope_pid,
+            &mut self.written.scope_pid,
+            tgid,
+            call,
+        );
+        set_mask(&mut self.maps.ep_pid, &mut self.written.ep_pid, tgid, ep);
     }
 
     /// Adopts established TCP sockets of running processes into the SockHash.
@@ -1051,10 +1186,10 @@ impl State {
 
     fn rule_name(&self, slot: u32) -> Option<String> {
         let p = self.policy.as_ref()?;
-        if slot >= 10_000 {
+        if slot >= ENDPOINT_RULE_BASE {
             return p
                 .endpoints
-                .get((slot - 10_000) as usize)
+                .get((slot - ENDPOINT_RULE_BASE) as usize)
                 .map(|e| e.name.clone());
         }
         let kr = p.krules.get(slot as usize);
@@ -1259,6 +1394,13 @@ impl Enforcer {
             self.principals_seen = n;
             self.principals_at = std::time::Instant::now();
             st.set_principal_keys(id.principals().keys_with_arns());
+        }
+    }
+
+    /// A process exec'd (from the exec tracepoint): see [`State::on_exec`].
+    pub fn on_exec(&self, tgid: u32) {
+        if let Ok(mut st) = self.state.lock() {
+            st.on_exec(tgid);
         }
     }
 
@@ -1772,7 +1914,7 @@ mod tests {
     fn rule(keys: &[&str], principals: &[&str]) -> policy::CompiledRule {
         policy::CompiledRule {
             name: "r".into(),
-            effect: Effect::Deny,
+            effect: policy::Effect::Deny,
             hold: false,
             grant_ttl_secs: 0,
             hold_timeout_secs: 0,
@@ -1848,5 +1990,65 @@ mod tests {
             principal_forms("arn:aws:iam::1:user/u"),
             vec!["arn:aws:iam::1:user/u"]
         );
+    }
+
+    #[test]
+    fn endpoint_entries_carry_every_rule_that_covers_them() {
+        let c = policy::compile_str(
+            r#"
+rules:
+  - name: link-local
+    effect: deny
+    match: {endpoints: ["169.254.0.0/16"], uid: 1000}
+  - name: imds-audit
+    effect: audit
+    match: {endpoints: ["169.254.169.254"], ports: [80, 443]}
+  - name: ssh-imds
+    effect: deny
+    match: {endpoints: ["169.254.169.254"], cgroup: /system.slice/ssh.service}
+endpoints:
+  - name: curl-imds
+    cidrs: ["fd00:ec2::254"]
+    match: {exe: /nonexistent/hoop-test-exe}
+"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let (pods, all) = node();
+        let (eps, pids) = endpoint_plan(&c, &all, Some(&*pods));
+        let imds = policy::net_v6(&"169.254.169.254".parse().expect("ip"), 32);
+        let ll = policy::net_v6(&"169.254.0.0".parse().expect("ip"), 16);
+        let rules = |k: &EpKey| -> Vec<(u32, u8, u32, [u16; 4])> {
+            let v = &eps[k];
+            v.refs[..v.n as usize]
+                .iter()
+                .map(|r| (r.rule, r.effect, r.uid, r.ports))
+                .collect()
+        };
+        // Every cgroup, /32: its own audit rule and the /16 deny (the trie returns only the
+        // /32 entry), in policy order.
+        assert_eq!(
+            rules(&(64 + imds.1, [0; 8], imds.0)),
+            vec![
+                (ENDPOINT_RULE_BASE, enf::EFFECT_DENY, 1000, [0; 4]),
+                (
+                    ENDPOINT_RULE_BASE + 1,
+                    enf::EFFECT_AUDIT,
+                    u32::MAX,
+                    [80, 443, 0, 0]
+                ),
+            ]
+        );
+        assert_eq!(rules(&(64 + ll.1, [0; 8], ll.0)).len(), 1);
+        // The cgroup-scoped rule has its own key (the kernel looks up both keys).
+        assert_eq!(
+            rules(&(64 + imds.1, 30u64.to_ne_bytes(), imds.0)),
+            vec![(ENDPOINT_RULE_BASE + 2, enf::EFFECT_DENY, u32::MAX, [0; 4])]
+        );
+        // exe: every cgroup, checked through the tgid mask (no process runs that file).
+        let v6 = policy::net_v6(&"fd00:ec2::254".parse().expect("ip"), 128);
+        let r = eps[&(64 + v6.1, [0; 8], v6.0)].refs[0];
+        assert_eq!((r.index, r.flags), (3, enf::EPF_PID));
+        assert!(pids.is_empty());
+        assert_eq!(eps.len(), 4);
     }
 }

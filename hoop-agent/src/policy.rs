@@ -105,7 +105,8 @@ impl Workload {
         }
     }
 
-    /// Has selectors that are resolved to cgroups / pids (uid alone is checked in the kernel).
+    /// Has selectors that are resolved to cgroups / pids (`uid` is not one: the kernel compares
+    /// it with the caller's real uid).
     pub fn is_scoped(&self) -> bool {
         !(self.namespace.list().is_empty()
             && self.pod_labels.is_empty()
@@ -242,6 +243,37 @@ pub struct EndpointRule {
     pub effect: Effect,
 }
 
+impl EndpointRule {
+    /// Entered in the trie once per selected cgroup (cgroup, container, Kubernetes selectors
+    /// without `exe`); otherwise once for every cgroup, with `exe` checked through the caller's
+    /// tgid and `uid` through its uid.
+    pub fn keyed_by_cgroup(&self) -> bool {
+        self.workload.is_scoped() && self.workload.exe.list().is_empty()
+    }
+}
+
+/// A destination prefix as the trie holds it: IPv6 address (IPv4 as v4-mapped) and prefix
+/// length in bits of that address.
+pub fn net_v6(ip: &IpAddr, plen: u8) -> ([u8; 16], u32) {
+    match ip {
+        IpAddr::V4(v4) => (v4.to_ipv6_mapped().octets(), 96 + u32::from(plen)),
+        IpAddr::V6(v6) => (v6.octets(), u32::from(plen)),
+    }
+}
+
+/// Does prefix `outer` contain prefix `inner`?
+pub fn net_covers(outer: ([u8; 16], u32), inner: ([u8; 16], u32)) -> bool {
+    if outer.1 > inner.1 {
+        return false;
+    }
+    let mask = if outer.1 == 0 {
+        0
+    } else {
+        u128::MAX << (128 - outer.1.min(128))
+    };
+    u128::from_be_bytes(outer.0) & mask == u128::from_be_bytes(inner.0) & mask
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Compiled {
     pub mode: Mode,
@@ -259,6 +291,15 @@ impl Compiled {
     pub fn needs_workload(&self) -> bool {
         self.rules.iter().any(|r| r.workload.is_scoped())
             || self.endpoints.iter().any(|r| r.workload.is_scoped())
+    }
+
+    /// Some rule (call or endpoint) has an `exe` selector.
+    pub fn has_exe(&self) -> bool {
+        self.rules.iter().any(|r| !r.workload.exe.list().is_empty())
+            || self
+                .endpoints
+                .iter()
+                .any(|r| !r.workload.exe.list().is_empty())
     }
 }
 
@@ -519,6 +560,166 @@ pub fn compile_str(text: &str) -> Result<Compiled, PolicyError> {
     compile(&file)
 }
 
+/// The workload checks common to call and endpoint rules.
+fn check_workload(i: usize, name: &str, wl: &Workload) -> Result<(), PolicyError> {
+    for e in wl.exe.list() {
+        if !e.starts_with('/') && !e.starts_with('*') {
+            return Err(rule_err(
+                i,
+                name,
+                "exe",
+                format!("`{e}`: use an absolute path glob"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Validates one endpoint rule (`rules:` with `match.endpoints`, or the `endpoints:` list).
+fn endpoint_rule(
+    i: usize,
+    name: &str,
+    effect: Effect,
+    endpoints: &[String],
+    ports: &[u16],
+    workload: Workload,
+) -> Result<EndpointRule, PolicyError> {
+    if !matches!(effect, Effect::Deny | Effect::Audit) {
+        return Err(rule_err(
+            i,
+            name,
+            "effect",
+            format!(
+                "`{}`: an endpoint rule decides a connect(), before any request or approval \
+                 exists; use `deny` or `audit`",
+                format!("{effect:?}").to_lowercase()
+            ),
+        ));
+    }
+    if endpoints.is_empty() {
+        return Err(rule_err(
+            i,
+            name,
+            "endpoints",
+            "at least one address or CIDR is required",
+        ));
+    }
+    let nets = endpoints
+        .iter()
+        .map(|e| {
+            parse_net(e).ok_or_else(|| {
+                rule_err(
+                    i,
+                    name,
+                    "endpoints",
+                    format!("`{e}` is not an address or CIDR"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if ports.len() > enf::MAX_EP_PORTS {
+        return Err(rule_err(
+            i,
+            name,
+            "ports",
+            format!(
+                "{} ports given; the kernel checks at most {} per endpoint rule (split the rule)",
+                ports.len(),
+                enf::MAX_EP_PORTS
+            ),
+        ));
+    }
+    if ports.contains(&0) {
+        return Err(rule_err(i, name, "ports", "`0` is not a port"));
+    }
+    check_workload(i, name, &workload)?;
+    Ok(EndpointRule {
+        name: name.to_string(),
+        nets,
+        ports: ports.to_vec(),
+        workload,
+        effect,
+    })
+}
+
+/// The kernel checks at most `MAX_EP_CANDS` rules per destination entry; an entry holds the
+/// rules of its prefix and of every prefix containing it. Rules keyed by cgroup are counted as
+/// if they all selected the same cgroup (which cgroups they select is only known at run time).
+fn check_endpoint_overlap(c: &Compiled, policy_index: &[usize]) -> Result<(), PolicyError> {
+    for (k, (r, &index)) in c.endpoints.iter().zip(policy_index).enumerate() {
+        let class = r.keyed_by_cgroup();
+        let upto: Vec<&EndpointRule> = c.endpoints[..=k]
+            .iter()
+            .filter(|e| e.keyed_by_cgroup() == class)
+            .collect();
+        for e in &upto {
+            for (ip, plen) in &e.nets {
+                let inner = net_v6(ip, *plen);
+                let n = upto
+                    .iter()
+                    .filter(|o| {
+                        o.nets
+                            .iter()
+                            .any(|(oip, op)| net_covers(net_v6(oip, *op), inner))
+                    })
+                    .count();
+                if n > enf::MAX_EP_CANDS {
+                    return Err(rule_err(
+                        index,
+                        &r.name,
+                        "endpoints",
+                        format!(
+                            "{n} endpoint rules cover {ip}/{plen}; the kernel checks at most {} \
+                             per destination: merge rules",
+                            enf::MAX_EP_CANDS
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Can resource pattern `r` ever match a request of operation `op` of service `svc`? The
+/// kernel takes bucket names from S3 paths (depth 1 = bucket, 2+ = object) and table names
+/// from DynamoDB bodies.
+fn resource_fits(r: &ResPattern, svc: &str, op: &str) -> bool {
+    match r.kind {
+        enf::RES_BUCKET => {
+            if svc != "s3" {
+                return false;
+            }
+            let depth = model()
+                .service(svc)
+                .and_then(|s| s.operation(op))
+                .map_or(0, |o| parse_template(&o.uri).0.len());
+            if r.flags & enf::RF_OBJECT != 0 {
+                depth >= 2
+            } else {
+                depth == 1
+            }
+        }
+        enf::RES_TABLE => svc == "dynamodb",
+        _ => true,
+    }
+}
+
+/// What a resource pattern names and which operations carry such a resource.
+fn describe_resource(r: &ResPattern) -> (&'static str, &'static str) {
+    match r.kind {
+        enf::RES_BUCKET if r.flags & enf::RF_OBJECT != 0 => (
+            "names S3 objects (`bucket/*`)",
+            "S3 object operations (path /bucket/key)",
+        ),
+        enf::RES_BUCKET => (
+            "names S3 buckets (objects are `bucket/*`)",
+            "S3 bucket operations (path /bucket)",
+        ),
+        _ => ("names a DynamoDB table", "DynamoDB operations"),
+    }
+}
+
 pub fn compile(file: &PolicyFile) -> Result<Compiled, PolicyError> {
     let mut c = Compiled {
         mode: file.mode,
@@ -526,6 +727,8 @@ pub fn compile(file: &PolicyFile) -> Result<Compiled, PolicyError> {
     };
     let mut names = BTreeSet::new();
     let mut touched_services = BTreeSet::new();
+    // Policy index of each endpoint rule, for errors found after the loop.
+    let mut endpoint_index = Vec::new();
     for (i, r) in file.rules.iter().enumerate() {
         let name = r.name.as_str();
         if name.trim().is_empty() {
@@ -584,62 +787,35 @@ pub fn compile(file: &PolicyFile) -> Result<Compiled, PolicyError> {
         if let Some(w) = &m.workload {
             wl.merge(w);
         }
-        for e in wl.exe.list() {
-            if !e.starts_with('/') && !e.starts_with('*') {
-                return Err(rule_err(
-                    i,
-                    name,
-                    "exe",
-                    format!("`{e}`: use an absolute path glob"),
-                ));
-            }
-        }
+        check_workload(i, name, &wl)?;
         if !m.endpoints.is_empty() {
-            if !m.actions.is_empty() || !m.resources.is_empty() {
-                return Err(rule_err(
-                    i,
-                    name,
-                    "endpoints",
-                    "an endpoint rule cannot also match actions or resources",
-                ));
+            // A connect() has no request yet: nothing of a call can be matched.
+            for (field, given) in [
+                ("actions", !m.actions.is_empty()),
+                ("resources", !m.resources.is_empty()),
+                ("principals", !m.principals.is_empty()),
+                ("access_keys", !m.access_keys.is_empty()),
+            ] {
+                if given {
+                    return Err(rule_err(
+                        i,
+                        name,
+                        field,
+                        "an endpoint rule (`match.endpoints`) is decided at connect(), before \
+                         any request exists, so it cannot match call fields; write a separate \
+                         call rule",
+                    ));
+                }
             }
-            let nets = m
-                .endpoints
-                .iter()
-                .map(|e| {
-                    parse_net(e).ok_or_else(|| {
-                        rule_err(
-                            i,
-                            name,
-                            "endpoints",
-                            format!("`{e}` is not an address or CIDR"),
-                        )
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            if m.ports.len() > 4 {
-                return Err(rule_err(
-                    i,
-                    name,
-                    "ports",
-                    "at most 4 ports per endpoint rule",
-                ));
-            }
-            if !matches!(r.effect, Effect::Deny | Effect::Audit) {
-                return Err(rule_err(
-                    i,
-                    name,
-                    "effect",
-                    "endpoint rules are `deny` (or `audit`)",
-                ));
-            }
-            c.endpoints.push(EndpointRule {
-                name: name.to_string(),
-                nets,
-                ports: m.ports.clone(),
-                workload: wl,
-                effect: r.effect,
-            });
+            c.endpoints.push(endpoint_rule(
+                i,
+                name,
+                r.effect,
+                &m.endpoints,
+                &m.ports,
+                wl,
+            )?);
+            endpoint_index.push(i);
             // Keep rule indexes aligned with the policy: an inert action rule slot.
             c.rules.push(CompiledRule {
                 name: name.to_string(),
@@ -654,6 +830,14 @@ pub fn compile(file: &PolicyFile) -> Result<Compiled, PolicyError> {
                 operations: Vec::new(),
             });
             continue;
+        }
+        if !m.ports.is_empty() {
+            return Err(rule_err(
+                i,
+                name,
+                "ports",
+                "ports only apply to endpoint rules (with `match.endpoints`)",
+            ));
         }
         if m.actions.is_empty() {
             return Err(rule_err(
@@ -708,6 +892,42 @@ pub fn compile(file: &PolicyFile) -> Result<Compiled, PolicyError> {
         }
         if res.is_empty() || res.iter().any(Option::is_none) {
             res = vec![None];
+        } else {
+            // A resource the rule's operations never carry, or an action none of the
+            // resources can name, would make (part of) the rule silently never match.
+            for (p, rp) in m.resources.iter().zip(res.iter().flatten()) {
+                if !ops.iter().any(|(s, o, _)| resource_fits(rp, s, o)) {
+                    let (what, carriers) = describe_resource(rp);
+                    return Err(rule_err(
+                        i,
+                        name,
+                        "resources",
+                        format!(
+                            "`{p}` {what}, which only {carriers} carry; none of the rule's \
+                             actions {:?} is such an operation, so it would never match",
+                            m.actions
+                        ),
+                    ));
+                }
+            }
+            for g in &m.actions {
+                let fits = expand_actions(std::slice::from_ref(g))
+                    .iter()
+                    .any(|(s, o, _)| res.iter().flatten().any(|rp| resource_fits(rp, s, o)));
+                if !fits {
+                    return Err(rule_err(
+                        i,
+                        name,
+                        "actions",
+                        format!(
+                            "`{g}`: none of its operations carries a resource the rule names \
+                             ({:?}), so it would never match; put it in a rule without \
+                             `resources` or with a fitting one",
+                            m.resources
+                        ),
+                    ));
+                }
+            }
         }
         let first_slot = c.krules.len();
         for rp in res {
@@ -716,7 +936,11 @@ pub fn compile(file: &PolicyFile) -> Result<Compiled, PolicyError> {
                     i,
                     name,
                     "resources",
-                    "too many rules for the kernel",
+                    format!(
+                        "the kernel holds at most {} rule slots (one per resource pattern of \
+                         each call rule)",
+                        enf::MAX_RULES
+                    ),
                 ));
             }
             c.krules.push(KRule { rule: i, res: rp });
@@ -735,12 +959,28 @@ pub fn compile(file: &PolicyFile) -> Result<Compiled, PolicyError> {
                     }
                 }
                 if v.len() > enf::MAX_CANDS {
+                    let mut before: Vec<&str> = Vec::new();
+                    for s in v.iter() {
+                        let n = c
+                            .krules
+                            .get(*s as usize)
+                            .and_then(|k| file.rules.get(k.rule))
+                            .map_or("", |r| r.name.as_str());
+                        if n != name && !before.contains(&n) {
+                            before.push(n);
+                        }
+                    }
                     return Err(rule_err(
                         i,
                         name,
                         "actions",
                         format!(
-                            "more than {} rules could match {svc_name}:{op}; merge rules",
+                            "{svc_name}:{op} would be matched by {} rule slots (one per \
+                             resource pattern of each rule covering it: this rule and {:?}); \
+                             the kernel checks at most {} per operation: merge rules or \
+                             resources",
+                            v.len(),
+                            before,
                             enf::MAX_CANDS
                         ),
                     ));
@@ -763,28 +1003,31 @@ pub fn compile(file: &PolicyFile) -> Result<Compiled, PolicyError> {
     }
     for (j, e) in file.endpoints.iter().enumerate() {
         let i = file.rules.len() + j;
-        let nets = e
-            .endpoints
-            .iter()
-            .map(|x| {
-                parse_net(x).ok_or_else(|| {
-                    rule_err(
-                        i,
-                        &e.name,
-                        "endpoints",
-                        format!("`{x}` is not an address or CIDR"),
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        c.endpoints.push(EndpointRule {
-            name: e.name.clone(),
-            nets,
-            ports: e.ports.clone(),
-            workload: e.matches.clone(),
-            effect: e.effect,
-        });
+        if e.name.trim().is_empty() {
+            return Err(rule_err(i, &e.name, "name", "must not be empty"));
+        }
+        if !names.insert(e.name.clone()) {
+            return Err(rule_err(i, &e.name, "name", "duplicate rule name"));
+        }
+        c.endpoints.push(endpoint_rule(
+            i,
+            &e.name,
+            e.effect,
+            &e.endpoints,
+            &e.ports,
+            e.matches.clone(),
+        )?);
+        endpoint_index.push(i);
     }
+    if let Some(&i) = endpoint_index.get(enf::MAX_RULES as usize) {
+        return Err(rule_err(
+            i,
+            &c.endpoints[enf::MAX_RULES as usize].name,
+            "endpoints",
+            format!("more than {} endpoint rules", enf::MAX_RULES),
+        ));
+    }
+    check_endpoint_overlap(&c, &endpoint_index)?;
     // Shadow keys: every other operation of a REST service with rules gets an empty entry, so
     // a more specific template (`PUT /{Bucket}?policy`) never falls back to a less specific
     // one that carries rules (`PUT /{Bucket}`).
@@ -838,6 +1081,19 @@ mod tests {
         }
     }
 
+    #[test]
+    fn docs_example_compiles() {
+        let doc = include_str!("../../docs/policy.md");
+        let yaml = doc
+            .split("```yaml\n")
+            .nth(1)
+            .and_then(|b| b.split("```").next())
+            .expect("docs/policy.md has a policy example");
+        if let Err(e) = compile_str(yaml) {
+            panic!("docs/policy.md example: {e}");
+        }
+    }
+
     use super::*;
 
     fn ok(y: &str) -> Compiled {
@@ -864,7 +1120,7 @@ rules:
   - name: d
     effect: deny
     match:
-      actions: ["s3:DeleteBucket", "dynamodb:DeleteTable", "iam:CreateUser", "s3:PutBucketPolicy"]
+      actions: ["s3:DeleteBucket", "dynamodb:DeleteTable", "iam:CreateUser", "s3:PutBucketPolicy", "cloudwatch:PutMetricData"]
 "#);
         let s3 = model().service("s3").expect("s3");
         let s3sig = enf::fnv(b"s3");
@@ -880,6 +1136,13 @@ rules:
         let k = enf::key_json(enf::fnv(b"DynamoDB_20120810.DeleteTable"));
         assert_eq!(c.actions.get(&k), Some(&vec![0u16]));
         let k = enf::key_query(enf::fnv(b"iam"), enf::fnv(b"CreateUser"));
+        assert_eq!(c.actions.get(&k), Some(&vec![0u16]));
+        // CloudWatch speaks rpc-v2-cbor (signing name `monitoring`), json and query: one key each.
+        let k = enf::key_cbor(enf::fnv(b"monitoring"), enf::fnv(b"PutMetricData"));
+        assert_eq!(c.actions.get(&k), Some(&vec![0u16]));
+        let k = enf::key_json(enf::fnv(b"GraniteServiceVersion20100801.PutMetricData"));
+        assert_eq!(c.actions.get(&k), Some(&vec![0u16]));
+        let k = enf::key_query(enf::fnv(b"monitoring"), enf::fnv(b"PutMetricData"));
         assert_eq!(c.actions.get(&k), Some(&vec![0u16]));
         // PutObject: greedy key, every depth from 2.
         let keys = op_keys(s3, "PutObject");
@@ -908,7 +1171,7 @@ rules:
     effect: approve
     hold: true
     match:
-      actions: ["s3:PutObject"]
+      actions: ["s3:PutObject", "dynamodb:PutItem"]
       resources: ["arn:aws:s3:::prod-*/*", "arn:aws:dynamodb:*:*:table/orders"]
 "#);
         assert_eq!(c.krules.len(), 2);
@@ -988,5 +1251,189 @@ rules:
         );
         assert_eq!(c.endpoints[0].nets.len(), 2);
         assert_eq!(c.endpoints[0].ports, vec![80]);
+    }
+
+    fn err(y: &str) -> String {
+        match compile_str(y) {
+            Ok(_) => panic!("accepted:\n{y}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn endpoint_rules_reject_call_fields() {
+        for (field, line) in [
+            ("principals", "principals: [\"arn:aws:iam::*:role/x\"]"),
+            ("access_keys", "access_keys: [\"AKIAAAAAAAAAAAAAAAAA\"]"),
+            ("actions", "actions: [\"s3:*\"]"),
+            ("resources", "resources: [\"arn:aws:s3:::b\"]"),
+        ] {
+            let e = err(&format!(
+                "rules:\n  - name: imds\n    effect: deny\n    match:\n      endpoints: [\"169.254.169.254\"]\n      {line}\n"
+            ));
+            assert!(
+                e.contains("rule 0 (imds)")
+                    && e.contains(&format!("`{field}`"))
+                    && e.contains("connect"),
+                "{field}: {e}"
+            );
+        }
+        // Workload selectors are honoured, so they are accepted.
+        let c = ok(
+            "rules:\n  - name: imds\n    effect: deny\n    match:\n      endpoints: [\"169.254.169.254\"]\n      uid: 1000\n      exe: \"/usr/bin/curl\"\n",
+        );
+        assert_eq!(c.endpoints[0].workload.uid, Some(1000));
+        assert!(!c.endpoints[0].keyed_by_cgroup(), "exe is checked by tgid");
+        // Ports belong to endpoint rules only.
+        let e = err(
+            "rules:\n  - name: c\n    effect: deny\n    match:\n      actions: [\"s3:DeleteBucket\"]\n      ports: [443]\n",
+        );
+        assert!(e.contains("rule 0 (c)") && e.contains("`ports`"), "{e}");
+    }
+
+    #[test]
+    fn endpoint_effects_and_ports_are_checked_in_both_forms() {
+        for eff in ["kill", "approve"] {
+            let e = err(&format!(
+                "endpoints:\n  - name: imds\n    effect: {eff}\n    cidrs: [\"169.254.169.254/32\"]\n"
+            ));
+            assert!(
+                e.contains("rule 0 (imds)") && e.contains("`effect`") && e.contains(eff),
+                "{e}"
+            );
+            let e = err(&format!(
+                "rules:\n  - name: a\n    effect: deny\n    match: {{actions: [\"s3:DeleteBucket\"]}}\n  - name: imds\n    effect: {eff}\n    match: {{endpoints: [\"fd00:ec2::254\"]}}\n"
+            ));
+            assert!(e.contains("rule 1 (imds)") && e.contains("`effect`"), "{e}");
+        }
+        // Top-level entries are numbered after `rules`.
+        let e = err(
+            "rules:\n  - name: a\n    effect: deny\n    match: {actions: [\"s3:DeleteBucket\"]}\nendpoints:\n  - name: imds\n    cidrs: [\"169.254.169.254\"]\n    ports: [80, 81, 82, 83, 84]\n",
+        );
+        assert!(
+            e.contains("rule 1 (imds)") && e.contains("`ports`") && e.contains("at most 4"),
+            "{e}"
+        );
+        let e =
+            err("endpoints:\n  - name: imds\n    cidrs: [\"169.254.169.254\"]\n    ports: [0]\n");
+        assert!(e.contains("`ports`"), "{e}");
+        let e = err("endpoints:\n  - name: imds\n    cidrs: []\n");
+        assert!(e.contains("`endpoints`"), "{e}");
+        let e = err(
+            "endpoints:\n  - name: imds\n    cidrs: [\"169.254.169.254\"]\n    match: {exe: python3}\n",
+        );
+        assert!(e.contains("`exe`"), "{e}");
+        let e = err(
+            "rules:\n  - name: imds\n    effect: deny\n    match: {endpoints: [\"10.0.0.1\"]}\nendpoints:\n  - name: imds\n    cidrs: [\"169.254.169.254\"]\n",
+        );
+        assert!(
+            e.contains("rule 1 (imds)") && e.contains("duplicate"),
+            "{e}"
+        );
+        // audit is honoured in both forms; the default effect is deny.
+        let c = ok(
+            "rules:\n  - name: a\n    effect: audit\n    match: {endpoints: [\"169.254.169.254\"], ports: [80, 443]}\nendpoints:\n  - name: b\n    cidrs: [\"fd00:ec2::254\"]\n",
+        );
+        assert_eq!(c.endpoints[0].effect, Effect::Audit);
+        assert_eq!(c.endpoints[1].effect, Effect::Deny);
+    }
+
+    #[test]
+    fn endpoint_rules_per_destination_are_bounded() {
+        let mut y = String::from("endpoints:\n");
+        for n in 0..=enf::MAX_EP_CANDS {
+            // Nested prefixes: all of them cover 169.254.169.254.
+            y.push_str(&format!(
+                "  - name: r{n}\n    cidrs: [\"169.254.169.254/{}\"]\n",
+                32 - n
+            ));
+        }
+        let e = err(&y);
+        assert!(
+            e.contains(&format!(
+                "rule {} (r{})",
+                enf::MAX_EP_CANDS,
+                enf::MAX_EP_CANDS
+            )) && e.contains("at most 16"),
+            "{e}"
+        );
+        // Disjoint destinations do not add up.
+        let mut y = String::from("endpoints:\n");
+        for n in 0..=enf::MAX_EP_CANDS {
+            y.push_str(&format!("  - name: r{n}\n    cidrs: [\"10.0.0.{n}\"]\n"));
+        }
+        assert_eq!(ok(&y).endpoints.len(), enf::MAX_EP_CANDS + 1);
+    }
+
+    #[test]
+    fn resources_must_fit_the_actions() {
+        let e = err(
+            "rules:\n  - name: r\n    effect: deny\n    match:\n      actions: [\"dynamodb:DeleteTable\"]\n      resources: [\"arn:aws:s3:::prod-*/*\"]\n",
+        );
+        assert!(
+            e.contains("rule 0 (r)") && e.contains("`resources`") && e.contains("never match"),
+            "{e}"
+        );
+        let e = err(
+            "rules:\n  - name: r\n    effect: deny\n    match:\n      actions: [\"s3:*\"]\n      resources: [\"arn:aws:dynamodb:*:*:table/orders\"]\n",
+        );
+        assert!(e.contains("`resources`") && e.contains("DynamoDB"), "{e}");
+        // A bucket-level pattern on object operations, and the reverse.
+        let e = err(
+            "rules:\n  - name: r\n    effect: deny\n    match:\n      actions: [\"s3:PutObject\"]\n      resources: [\"arn:aws:s3:::prod-*\"]\n",
+        );
+        assert!(e.contains("`resources`") && e.contains("bucket/*"), "{e}");
+        let e = err(
+            "rules:\n  - name: r\n    effect: deny\n    match:\n      actions: [\"s3:DeleteBucket\"]\n      resources: [\"arn:aws:s3:::prod-*/*\"]\n",
+        );
+        assert!(e.contains("`resources`"), "{e}");
+        // An action that none of the resources can name.
+        let e = err(
+            "rules:\n  - name: r\n    effect: deny\n    match:\n      actions: [\"s3:DeleteBucket\", \"iam:CreateUser\"]\n      resources: [\"arn:aws:s3:::prod-*\"]\n",
+        );
+        assert!(
+            e.contains("`actions`") && e.contains("iam:CreateUser"),
+            "{e}"
+        );
+        // Fitting combinations compile; `*` lifts the restriction.
+        ok(
+            "rules:\n  - name: r\n    effect: deny\n    match:\n      actions: [\"s3:*\"]\n      resources: [\"arn:aws:s3:::prod-*\", \"arn:aws:s3:::prod-*/*\"]\n",
+        );
+        ok(
+            "rules:\n  - name: r\n    effect: deny\n    match:\n      actions: [\"dynamodb:*\"]\n      resources: [\"arn:aws:dynamodb:*:*:table/orders\"]\n",
+        );
+        ok(
+            "rules:\n  - name: r\n    effect: deny\n    match:\n      actions: [\"iam:CreateUser\"]\n      resources: [\"*\"]\n",
+        );
+    }
+
+    #[test]
+    fn too_many_rules_per_operation_names_the_rule_and_the_limit() {
+        let mut y = String::from("rules:\n");
+        for n in 0..=enf::MAX_CANDS {
+            y.push_str(&format!(
+                "  - name: r{n}\n    effect: audit\n    match: {{actions: [\"s3:DeleteBucket\"]}}\n"
+            ));
+        }
+        let e = err(&y);
+        assert!(
+            e.contains(&format!("rule {} (r{})", enf::MAX_CANDS, enf::MAX_CANDS))
+                && e.contains("`actions`")
+                && e.contains("s3:DeleteBucket")
+                && e.contains("at most 16 per operation"),
+            "{e}"
+        );
+        // Resource patterns take one slot each.
+        let mut y = String::from("rules:\n");
+        for n in 0..8 {
+            y.push_str(&format!(
+                "  - name: r{n}\n    effect: audit\n    match: {{actions: [\"s3:DeleteBucket\"], resources: [\"arn:aws:s3:::a{n}\", \"arn:aws:s3:::b{n}\"]}}\n"
+            ));
+        }
+        assert_eq!(ok(&y).krules.len(), 16);
+        y.push_str(
+            "  - name: last\n    effect: audit\n    match: {actions: [\"s3:DeleteBucket\"]}\n",
+        );
+        assert!(err(&y).contains("rule 8 (last)"));
     }
 }

@@ -183,13 +183,17 @@ pub mod enf {
     pub const MAX_CANDS: usize = 16;
     /// Rules in the kernel rule array.
     pub const MAX_RULES: u32 = 1024;
+    /// Endpoint rules one destination entry can carry (first match wins, in policy order).
+    pub const MAX_EP_CANDS: usize = 16;
+    /// Destination ports of one endpoint rule.
+    pub const MAX_EP_PORTS: usize = 4;
 
     /// Request kinds (first word of every action key).
     pub const KIND_JSON: u64 = 1;
     pub const KIND_QUERY: u64 = 2;
     pub const KIND_REST: u64 = 3;
     pub const KIND_CBOR: u64 = 4;
-    /// Decision event kind for cgroup connect4/connect6 denials.
+    /// Decision event kind for cgroup connect4/connect6 decisions.
     pub const KIND_CONNECT: u8 = 5;
 
     /// HTTP method codes.
@@ -218,6 +222,10 @@ pub mod enf {
     pub const RF_OBJECT: u8 = 8;
     /// S3 resource pattern names a bucket only: only bucket-level paths match.
     pub const RF_BUCKET: u8 = 16;
+
+    /// [`super::EndpointRef::flags`]: the rule has `exe` selectors: the caller's tgid must have
+    /// the rule's bit in `ENF_EP_PID`.
+    pub const EPF_PID: u8 = 1;
 
     /// [`super::RuleDef::res_kind`] and [`super::DecisionEvent::res_kind`].
     pub const RES_NONE: u8 = 0;
@@ -445,12 +453,34 @@ pub struct EndpointKey {
     pub addr: [u8; 16],
 }
 
+/// One endpoint rule as the connect hooks check it.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct EndpointVal {
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointRef {
+    /// Rule id reported in the decision event.
     pub rule: u32,
+    /// Index of the endpoint rule (policy order; bit in `ENF_EP_PID`).
+    pub index: u32,
+    /// uid the caller must have, `u32::MAX` = any.
+    pub uid: u32,
     /// Destination ports, all 0 = any port; unused slots are 0.
-    pub ports: [u16; 4],
+    pub ports: [u16; enf::MAX_EP_PORTS],
+    /// `enf::EFFECT_AUDIT` or `enf::EFFECT_DENY`.
+    pub effect: u8,
+    /// `enf::EPF_*`.
+    pub flags: u8,
+    pub _pad: [u8; 2],
+}
+
+/// The endpoint rules that cover one trie entry, in policy order: those of the entry's own
+/// prefix and of every shorter prefix (of the same cgroup key) that contains it, since the
+/// trie returns the longest match only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointVal {
+    pub n: u32,
+    pub _pad: u32,
+    pub refs: [EndpointRef; enf::MAX_EP_CANDS],
 }
 
 #[cfg(feature = "user")]
@@ -465,6 +495,7 @@ mod user_enforce {
     unsafe impl aya::Pod for super::PendingReq {}
     unsafe impl aya::Pod for super::EndpointKey {}
     unsafe impl aya::Pod for super::EndpointVal {}
+    unsafe impl aya::Pod for super::EndpointRef {}
 }
 
 #[cfg(test)]

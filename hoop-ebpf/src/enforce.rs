@@ -49,7 +49,8 @@ static ENF_RULES: Array<RuleDef> = Array::with_max_entries(enf::MAX_RULES, 0);
 /// cgroup id -> the workload-scoped rules whose selectors include it.
 #[map]
 static ENF_SCOPE_CG: HashMap<u64, RuleMask> = HashMap::with_max_entries(65536, 0);
-/// tgid -> the workload-scoped rules whose selectors include it (exe / uid selectors).
+/// tgid -> the workload-scoped rules whose selectors include it (exe selectors; uid is in
+/// `RuleDef`).
 #[map]
 static ENF_SCOPE_PID: HashMap<u32, RuleMask> = HashMap::with_max_entries(65536, 0);
 /// access key hash -> the rules that list it (directly or through a principal).
@@ -1325,6 +1326,58 @@ pub fn hoop_sk_msg(_ctx: SkMsgContext) -> u32 {
     1 // SK_PASS
 }
 
+use hoop_common::EndpointRef;
+
+/// tgid -> the endpoint rules (bit = endpoint index) whose `exe` selectors include it.
+#[map]
+static ENF_EP_PID: HashMap<u32, RuleMask> = HashMap::with_max_entries(16384, 0);
+
+/// Does endpoint rule `r` apply to this connect (port, caller uid, caller tgid)?
+#[inline(always)]
+fn ep_applies(r: &EndpointRef, port: u16, uid: u32, tgid: u32) -> bool {
+    let p = r.ports;
+    if p[0] != 0 && p[0] != port && p[1] != port && p[2] != port && p[3] != port {
+        return false;
+    }
+    if r.uid != u32::MAX && r.uid != uid {
+        return false;
+    }
+    if r.flags & enf::EPF_PID != 0 {
+        // SAFETY: plain lookup, read in place.
+        match unsafe { ENF_EP_PID.get(&tgid) } {
+            Some(m) if m.has(r.index) => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// The first rule of a trie entry (policy order) that applies; `index == u32::MAX` = none.
+/// A plain value, not an `Option`: a `None` would carry uninitialised bytes the verifier
+/// refuses to see copied.
+#[inline(always)]
+fn ep_first(v: Option<&EndpointVal>, port: u16, uid: u32, tgid: u32) -> EndpointRef {
+    let none = EndpointRef {
+        index: u32::MAX,
+        ..Default::default()
+    };
+    let Some(v) = v else { return none };
+    let mut j = 0;
+    while j < enf::MAX_EP_CANDS {
+        if j as u32 >= v.n {
+            break;
+        }
+        let r = v.refs[j];
+        if ep_applies(&r, port, uid, tgid) {
+            return r;
+        }
+        j += 1;
+    }
+    none
+}
+
+/// Endpoint rules: the rules of the caller's cgroup entry and of the every-cgroup entry are
+/// checked; the first applicable one in policy order decides (`deny` or `audit`).
 #[inline(always)]
 fn connect_check(addr: [u8; 16], port: u16) -> i32 {
     let Some(cfg) = ENF_CONFIG.get(0) else {
@@ -1334,6 +1387,9 @@ fn connect_check(addr: [u8; 16], port: u16) -> i32 {
         return 1;
     }
     let cg = unsafe { bpf_get_current_cgroup_id() };
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    let uid = bpf_get_current_uid_gid() as u32;
     let mut key = Key::new(
         64 + 128,
         EndpointKey {
@@ -1341,24 +1397,25 @@ fn connect_check(addr: [u8; 16], port: u16) -> i32 {
             addr,
         },
     );
-    let mut hit = ENF_ENDPOINTS.get(&key).copied();
-    if hit.is_none() {
-        key.data.cgroup = [0; 8];
-        hit = ENF_ENDPOINTS.get(&key).copied();
-    }
-    let Some(v) = hit else { return 1 };
-    let any = v.ports[0] == 0;
-    if !any && v.ports[0] != port && v.ports[1] != port && v.ports[2] != port && v.ports[3] != port
-    {
+    let scoped = ep_first(ENF_ENDPOINTS.get(&key), port, uid, tgid);
+    key.data.cgroup = [0; 8];
+    let global = ep_first(ENF_ENDPOINTS.get(&key), port, uid, tgid);
+    let r = if scoped.index <= global.index {
+        scoped
+    } else {
+        global
+    };
+    if r.index == u32::MAX {
         return 1;
     }
-    stat(enf::STAT_CONNECT_DENIED, 1);
-    let id = bpf_get_current_pid_tgid();
-    let outcome = if cfg.monitor != 0 {
-        enf::OUT_WOULD_DENY
-    } else {
-        enf::OUT_DENY
+    let (outcome, allow) = match r.effect {
+        enf::EFFECT_AUDIT => (enf::OUT_AUDIT, true),
+        _ if cfg.monitor != 0 => (enf::OUT_WOULD_DENY, true),
+        _ => (enf::OUT_DENY, false),
     };
+    if !allow {
+        stat(enf::STAT_CONNECT_DENIED, 1);
+    }
     if let Some(mut e) = ENF_EVENTS.reserve::<DecisionEvent>(0) {
         // SAFETY: writing a fully initialised value into the reserved slot.
         unsafe {
@@ -1369,10 +1426,10 @@ fn connect_check(addr: [u8; 16], port: u16) -> i32 {
                 action: 0,
                 akid: 0,
                 res: 0,
-                tgid: (id >> 32) as u32,
+                tgid,
                 tid: id as u32,
-                uid: bpf_get_current_uid_gid() as u32,
-                rule: v.rule,
+                uid,
+                rule: r.rule,
                 outcome,
                 kind: enf::KIND_CONNECT,
                 res_kind: 0,
@@ -1383,11 +1440,16 @@ fn connect_check(addr: [u8; 16], port: u16) -> i32 {
                 _pad2: [0; 6],
             })
         };
-        e.submit(0);
+        // Audit outcomes wait for the agent's next drain, as for calls.
+        e.submit(if outcome == enf::OUT_AUDIT {
+            BPF_RB_NO_WAKEUP as u64
+        } else {
+            0
+        });
     } else {
         stat(enf::STAT_LOST_EVENTS, 1);
     }
-    if cfg.monitor != 0 { 1 } else { 0 }
+    if allow { 1 } else { 0 }
 }
 
 #[cgroup_sock_addr(connect4)]
