@@ -6,9 +6,11 @@ once, immediately.
 Steps: create-bucket:B, delete-bucket:B, put-object:B/K, put-bucket-policy:B, head-bucket:B,
 create-table:T, delete-table:T, describe-table:T, create-user:U, get-user:U, sleep:SECONDS,
 wait-file:PATH (waits up to 60 s for PATH to exist: the test starts the agent meanwhile, so the
-connections opened by earlier steps predate it)."""
+connections opened by earlier steps predate it), connect:HOST:PORT (a plain TCP connect, closed at
+once; HOST may be an IPv6 address; a denied connect fails with PermissionError, errno 1)."""
 import json
 import os
+import socket
 import sys
 import time
 
@@ -65,6 +67,10 @@ def run(step):
             if time.monotonic() > deadline:
                 raise TimeoutError(arg)
             time.sleep(0.05)
+    elif op == "connect":
+        host, _, port = arg.rpartition(":")
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
+            pass
     else:
         raise SystemExit(f"unknown step {step}")
 
