@@ -25,9 +25,16 @@ pub struct Enf {
     _turn: std::fs::File,
 }
 
-pub fn start(policy: &str) -> anyhow::Result<Enf> {
+/// Waits until no other enforcing agent of the e2e suites runs on this host; the turn lasts
+/// until the returned file is dropped (drop it after the agent has stopped).
+pub fn take_turn() -> anyhow::Result<std::fs::File> {
     let turn = std::fs::File::create("/tmp/hoop-e2e-enforce.lock")?;
     turn.lock()?;
+    Ok(turn)
+}
+
+pub fn start(policy: &str) -> anyhow::Result<Enf> {
+    let turn = take_turn()?;
     let dir = TempDir::new("policy")?;
     let p = dir.path().join("policy.yaml");
     std::fs::write(&p, policy)?;

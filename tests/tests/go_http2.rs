@@ -418,6 +418,7 @@ rules:
             cg.1, emu.port
         ),
     )?;
+    let _turn = hoop_e2e::enforce::take_turn()?;
     let mut agent = Agent::start(&["--policy", policy.to_str().unwrap_or_default()])?;
     attach(&agent, &bin)?;
 

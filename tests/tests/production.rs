@@ -1117,6 +1117,7 @@ fn pending_approvals_gauge_follows_a_real_approval() -> Result<()> {
             "rules:\n  - name: ask-first\n    effect: approve\n    grant_ttl: 5m\n    match:\n      access_keys: [\"{key}\"]\n      actions: [\"dynamodb:DescribeTable\"]\n"
         ),
     )?;
+    let _turn = hoop_e2e::enforce::take_turn()?;
     let agent = Agent::start(&["--policy", policy.to_str().unwrap_or_default()])?;
     let s = scrape(&agent)?;
     assert_eq!(value(&s, "hoop_approvals_pending", &[]), 0.0);
