@@ -489,6 +489,22 @@ impl Assembler {
             self.stats.unanswered += 1;
             out.push(unanswered(key, p));
         }
+        // A request whose body never came still says what was called: its head was refused
+        // in the kernel (the body would have followed in a later write), or the client gave up.
+        if let Some(msg) = conn.requests.take_partial()
+            && let Some((ts, origin)) = conn.request_start.take()
+        {
+            self.stats.unanswered += 1;
+            out.push(unanswered(
+                key,
+                Pending {
+                    source: conn.source,
+                    origin,
+                    ts,
+                    msg,
+                },
+            ));
+        }
     }
 
     fn evict_oldest(&mut self, out: &mut Vec<Exchange>) {
@@ -732,6 +748,22 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].request.body_len, 200_000);
         assert_eq!(a.stats().broken_messages, 0);
+    }
+
+    #[test]
+    fn request_head_without_its_body_is_emitted_when_the_connection_ends() {
+        // A presigned PUT whose head the kernel refused: the body write never happens.
+        let head = b"PUT /ro/k2?X-Amz-Credential=AKIAX%2F20260101%2Feu-west-1%2Fs3%2Faws4_request HTTP/1.1\r\nHost: s3.eu-west-1.amazonaws.com\r\nContent-Length: 21\r\n\r\n";
+        let mut a = Assembler::new(CaptureConfig::default());
+        let mut out = Vec::new();
+        a.push_bytes(&record(40, 3, DIR_WRITE, 1, head), &mut out);
+        assert!(out.is_empty());
+        a.process_exited(40, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].request.head.method, "PUT");
+        assert!(out[0].request.head.target.starts_with("/ro/k2?"));
+        assert!(out[0].response.is_none());
+        assert_eq!(out[0].request_ts, 1);
     }
 
     #[test]

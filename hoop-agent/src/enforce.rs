@@ -45,7 +45,7 @@ struct Maps {
     scope_pid: BpfHashMap<MapData, u32, RuleMask>,
     akids: BpfHashMap<MapData, u64, RuleMask>,
     grants: BpfHashMap<MapData, GrantKey, u64>,
-    verdict: BpfHashMap<MapData, u64, u32>,
+    verdict: BpfHashMap<MapData, u64, u64>,
     endpoints: LpmTrie<MapData, EndpointKey, EndpointVal>,
     ep_pid: BpfHashMap<MapData, u32, RuleMask>,
     socks: SockHash<MapData, u64>,
@@ -1077,11 +1077,11 @@ impl State {
                 ApprovalState::Denied
             };
             if a.held {
-                // The stopped write resumes into a dropped send.
+                // The stopped write resumes into a dropped send (0: during the write).
                 let _ = self
                     .maps
                     .verdict
-                    .insert(&(((a.tgid as u64) << 32) | a.tid as u64), &1, 0);
+                    .insert(&(((a.tgid as u64) << 32) | a.tid as u64), &0, 0);
             }
         }
         a.decided_at = Some(now);

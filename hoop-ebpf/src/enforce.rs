@@ -60,9 +60,13 @@ static ENF_AKIDS: HashMap<u64, RuleMask> = HashMap::with_max_entries(16384, 0);
 static ENF_GRANTS: HashMap<GrantKey, u64> = HashMap::with_max_entries(4096, 0);
 #[map]
 static ENF_PENDING: LruHashMap<u64, PendingReq> = LruHashMap::with_max_entries(16384, 0);
-/// pid_tgid -> outcome, while a denied SSL_write runs.
+/// pid_tgid -> a denied write's send is to be dropped: 0 while the SSL_write runs, then (the
+/// write returned without sending: a memory BIO, as in Node) the boot-time deadline by which
+/// the thread's next send carries it. The first send dropped consumes the entry.
 #[map]
-static ENF_VERDICT: HashMap<u64, u32> = HashMap::with_max_entries(16384, 0);
+static ENF_VERDICT: HashMap<u64, u64> = HashMap::with_max_entries(16384, 0);
+/// How long after a memory-BIO write returns its denied record may still be sent.
+const DEFERRED_DROP_NS: u64 = 500_000_000;
 #[map]
 static ENF_SOCKS: SockHash<u64> = SockHash::with_max_entries(65536, 0);
 #[map]
@@ -84,6 +88,8 @@ struct Scratch {
     /// back from a map are opaque to the verifier, so the loop states converge.
     target: u64,
     auth: u64,
+    /// 1 when `auth` / `found` point at a SigV2 access key (`AWS AKID:sig`, `AWSAccessKeyId=`).
+    v2: u64,
     host: u64,
     body: u64,
     /// Start of the second line (the request line ends just before it).
@@ -189,6 +195,8 @@ struct LineScan {
 
 const AUTH_PAT: &[u8] = b"authorization: aws4-hmac-sha256 credential=";
 const AUTH4A_PAT: &[u8] = b"authorization: aws4-ecdsa-p256-sha256 credential=";
+/// SigV2 (S3's legacy signature): `Authorization: AWS AKID:signature`.
+const AUTH2_PAT: &[u8] = b"authorization: aws ";
 const TARGET_PAT: &[u8] = b"x-amz-target:";
 const HOST_PAT: &[u8] = b"host:";
 
@@ -218,6 +226,9 @@ fn check_line(s: &mut Scratch, c: &LineScan, p: u64) {
             s.auth = p + AUTH_PAT.len() as u64;
         } else if eq_ci(s, p, AUTH4A_PAT) {
             s.auth = p + AUTH4A_PAT.len() as u64;
+        } else if eq_ci(s, p, AUTH2_PAT) {
+            s.auth = p + AUTH2_PAT.len() as u64;
+            s.v2 = 1;
         }
     }
 }
@@ -291,7 +302,8 @@ extern "C" fn cred_cb(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
         c.field += 1;
         return if c.field >= 4 { 1 } else { 0 };
     }
-    if b == b',' || b == b' ' || b == b'\r' || b == b'&' {
+    // ':' ends a SigV2 access key; '&' a query parameter.
+    if b == b',' || b == b' ' || b == b'\r' || b == b'&' || b == b':' {
         c.field += 5;
         return 1;
     }
@@ -306,8 +318,9 @@ extern "C" fn cred_cb(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
 }
 
 /// (access key hash, signing service hash) of the credential scope at `base`, or (0, 0).
+/// `v2`: a SigV2 access key (S3 only: SigV2 has no scope).
 #[inline(always)]
-fn credential(base: u64, len: u64) -> (u64, u64) {
+fn credential(base: u64, len: u64, v2: u64) -> (u64, u64) {
     let mut c = CredScan {
         base,
         len,
@@ -319,7 +332,13 @@ fn credential(base: u64, len: u64) -> (u64, u64) {
     };
     // SAFETY: bounded helper loop over a stack context.
     unsafe { bpf_loop(128, cred_cb as *mut _, (&mut c as *mut CredScan).cast(), 0) };
-    let (akid, svc) = if c.field == 4 {
+    let (akid, svc) = if v2 != 0 {
+        if c.field == 5 {
+            (c.akid, enf::fnv(b"s3"))
+        } else {
+            (0, 0)
+        }
+    } else if c.field == 4 {
         (c.akid, c.f3)
     } else if c.field == 8 && c.f3 == enf::fnv(b"aws4_request") {
         // SigV4a: the scope ended after its third separator.
@@ -421,11 +440,13 @@ struct FindScan {
 const ACTION_PAT: &[u8] = b"action=";
 const TABLE_PAT: &[u8] = b"\"tablename\"";
 const CREDENTIAL_PAT: &[u8] = b"x-amz-credential=";
+const V2_KEY_PAT: &[u8] = b"awsaccesskeyid=";
 /// `Action=` as a form / query parameter.
 const FIND_ACTION: u64 = 0;
 /// `"TableName"` as a JSON key.
 const FIND_TABLE: u64 = 1;
-/// `X-Amz-Credential=` as a query parameter (presigned URL).
+/// `X-Amz-Credential=` (SigV4) or `AWSAccessKeyId=` (SigV2, sets `v2`) as a query parameter
+/// (presigned URL).
 const FIND_CREDENTIAL: u64 = 2;
 
 extern "C" fn find_cb(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
@@ -452,6 +473,11 @@ extern "C" fn find_cb(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
     } else if c.what == FIND_CREDENTIAL {
         if b | 0x20 == b'x' && param_start() && eq_ci(s, p, CREDENTIAL_PAT) {
             s.found = p + CREDENTIAL_PAT.len() as u64;
+            return 1;
+        }
+        if b == b'A' && param_start() && eq_ci(s, p, V2_KEY_PAT) {
+            s.found = p + V2_KEY_PAT.len() as u64;
+            s.v2 = 1;
             return 1;
         }
     } else if b == b'"' && eq_ci(s, p, b"\"tablename") && byte(s, p + 10) == b'"' {
@@ -792,7 +818,7 @@ fn event(req: &Req, who: &Caller, rule: u32, key: u64, outcome: u8) {
 
 #[inline(always)]
 fn block(ctx: &ProbeContext, who: &Caller) {
-    let _ = ENF_VERDICT.insert(&who.id, &1, 0);
+    let _ = ENF_VERDICT.insert(&who.id, &0, 0);
     // The send fails, so the return probe emits nothing: record the request here.
     let args = CallArgs {
         ssl: who.ssl,
@@ -1059,6 +1085,7 @@ fn classify(who: &Caller, pending: Option<PendingReq>) -> Option<Req> {
     let mut ls = LineScan { len: n };
     s.target = 0;
     s.auth = 0;
+    s.v2 = 0;
     s.host = 0;
     s.body = 0;
     s.line1 = 0;
@@ -1086,7 +1113,7 @@ fn classify(who: &Caller, pending: Option<PendingReq>) -> Option<Req> {
         (find(mlen, line_end, FIND_CREDENTIAL), line_end)
     };
     let (akid, svc) = if cred_at != 0 {
-        credential(cred_at, cred_end)
+        credential(cred_at, cred_end, s.v2)
     } else {
         (0, 0)
     };
@@ -1284,11 +1311,21 @@ fn body(p: &PendingReq, base: u64, len: u64) -> Option<Req> {
 
 /// Called from the `SSL_write*` return probes: a blocked write is over.
 #[inline(always)]
-pub fn on_write_return() {
+/// Returns true when the write was denied but nothing was sent yet: the TLS library wrote the
+/// record to a memory BIO (Node) and sends it after returning. The thread's next send is then
+/// dropped (within `DEFERRED_DROP_NS`), and the write must not be recorded again (`block`
+/// recorded it).
+pub fn on_write_return() -> bool {
     let id = bpf_get_current_pid_tgid();
-    // SAFETY: plain lookup.
-    if unsafe { ENF_VERDICT.get(&id) }.is_some() {
-        let _ = ENF_VERDICT.remove(&id);
+    // SAFETY: value copied out.
+    match unsafe { ENF_VERDICT.get(&id) }.copied() {
+        Some(0) => {
+            let deadline = unsafe { bpf_ktime_get_boot_ns() } + DEFERRED_DROP_NS;
+            let _ = ENF_VERDICT.insert(&id, &deadline, 0);
+            true
+        }
+        // A deferred drop from an earlier write still waits for its send (or its deadline).
+        Some(_) | None => false,
     }
 }
 
@@ -1314,16 +1351,23 @@ pub fn hoop_sock_ops(ctx: SockOpsContext) -> u32 {
     1
 }
 
-/// Drops a send made by a thread whose current SSL_write was denied.
+/// Drops the first send made by a thread whose SSL_write was denied: the send inside the write
+/// (socket BIO), or the one right after it (memory BIO). Dropping the record that carries the
+/// request head is enough: the TLS stream cannot go on without it (the next record's sequence
+/// number fails the peer's integrity check), so the client gets an error and the call is over.
 #[sk_msg]
 pub fn hoop_sk_msg(_ctx: SkMsgContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
-    // SAFETY: plain lookup.
-    if unsafe { ENF_VERDICT.get(&id) }.is_some() {
-        stat(enf::STAT_DROPS, 1);
-        return 0; // SK_DROP
+    // SAFETY: value copied out.
+    let Some(v) = (unsafe { ENF_VERDICT.get(&id) }).copied() else {
+        return 1; // SK_PASS
+    };
+    let _ = ENF_VERDICT.remove(&id);
+    if v != 0 && unsafe { bpf_ktime_get_boot_ns() } > v {
+        return 1;
     }
-    1 // SK_PASS
+    stat(enf::STAT_DROPS, 1);
+    0 // SK_DROP
 }
 
 use hoop_common::EndpointRef;

@@ -258,8 +258,12 @@ pub fn ssl_write(ctx: ProbeContext) -> u32 {
 
 #[uretprobe]
 pub fn ssl_write_ret(ctx: RetProbeContext) -> u32 {
-    finish(&ctx, &WRITE_ARGS, false, DIR_WRITE);
-    enforce::on_write_return();
+    if enforce::on_write_return() {
+        // Denied and already recorded; its record goes out after the return (memory BIO).
+        let _ = WRITE_ARGS.remove(&bpf_get_current_pid_tgid());
+    } else {
+        finish(&ctx, &WRITE_ARGS, false, DIR_WRITE);
+    }
     0
 }
 
@@ -272,8 +276,12 @@ pub fn ssl_write_ex(ctx: ProbeContext) -> u32 {
 
 #[uretprobe]
 pub fn ssl_write_ex_ret(ctx: RetProbeContext) -> u32 {
-    finish(&ctx, &WRITE_ARGS, true, DIR_WRITE);
-    enforce::on_write_return();
+    if enforce::on_write_return() {
+        // Denied and already recorded; its record goes out after the return (memory BIO).
+        let _ = WRITE_ARGS.remove(&bpf_get_current_pid_tgid());
+    } else {
+        finish(&ctx, &WRITE_ARGS, true, DIR_WRITE);
+    }
     0
 }
 

@@ -63,7 +63,7 @@ pub fn calls(
 ) -> anyhow::Result<(u32, Vec<Value>)> {
     let script = client_script("enforce_calls.py");
     let py = repo_root().join(".venv/bin/python");
-    let mut cmd = match cgroup {
+    let cmd = match cgroup {
         Some(cg) => {
             let mut c = Command::new("sh");
             c.arg("-c")
@@ -81,6 +81,17 @@ pub fn calls(
             c
         }
     };
+    run_steps(emu, cmd, key, steps)
+}
+
+/// Runs a step client (`cmd`: a script that prints one JSON line per step) against the
+/// emulator, signing with `key` when given; returns (pid, results by step).
+pub fn run_steps(
+    emu: &Emulator,
+    mut cmd: Command,
+    key: Option<&str>,
+    steps: &[String],
+) -> anyhow::Result<(u32, Vec<Value>)> {
     cmd.args(steps);
     emu.client_env(&mut cmd);
     if let Some(k) = key {

@@ -78,7 +78,8 @@ impl Drop for Guard {
     }
 }
 
-/// A self-signed certificate for 127.0.0.1 and localhost.
+/// A self-signed certificate for 127.0.0.1, localhost and S3's regional host names in
+/// [`REGION`] (clients that address buckets as AWS hosts them map those names to 127.0.0.1).
 pub fn make_cert(dir: &Path) -> Result<(PathBuf, PathBuf)> {
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");
@@ -89,7 +90,9 @@ pub fn make_cert(dir: &Path) -> Result<(PathBuf, PathBuf)> {
         .args(["-subj", "/CN=127.0.0.1"])
         .args([
             "-addext",
-            "subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost",
+            &format!(
+                "subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost,DNS:s3.{REGION}.amazonaws.com,DNS:*.s3.{REGION}.amazonaws.com"
+            ),
         ])
         .arg("-keyout")
         .arg(&key)
