@@ -748,8 +748,10 @@ impl State {
                 ..Default::default()
             };
             for (i, s) in v.iter().enumerate().take(enf::MAX_CANDS) {
+                let f = slot_flags.get(*s as usize).copied().unwrap_or(0);
                 cands.idx[i] = *s;
-                cands.flags |= u32::from(slot_flags.get(*s as usize).copied().unwrap_or(0));
+                cands.cflags[i] = f;
+                cands.flags |= u32::from(f);
             }
             if let Err(e) = self.maps.actions.insert(k, &cands, 0) {
                 error!("write ENF_ACTIONS: {e}");

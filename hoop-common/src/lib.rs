@@ -361,6 +361,9 @@ pub struct Cands {
     /// masks only when some candidate needs them.
     pub flags: u32,
     pub idx: [u16; enf::MAX_CANDS],
+    /// `enf::RF_*` of each candidate: the kernel rules out a candidate by the masks it already
+    /// holds, without reading the rule (a cold cache line per rule under real workloads).
+    pub cflags: [u8; enf::MAX_CANDS],
 }
 
 /// A set of rule indexes (bit `i` = `ENF_RULES[i]`): the rules whose workload selectors
