@@ -730,6 +730,9 @@ impl State {
                 def.res_mode = res.mode;
                 def.res_len = res.text.len() as u32;
                 def.res_hash = fnv(&res.text);
+                if res.kind == enf::RES_TABLE {
+                    def.flags |= enf::RF_TABLE;
+                }
             }
             slot_flags.push(def.flags);
             if let Err(e) = self.maps.rules.set(slot as u32, &def, 0) {
@@ -745,6 +748,7 @@ impl State {
         for (k, v) in &c.actions {
             let mut cands = Cands {
                 n: v.len() as u32,
+                all: u32::from(u8::MAX),
                 ..Default::default()
             };
             for (i, s) in v.iter().enumerate().take(enf::MAX_CANDS) {
@@ -752,6 +756,7 @@ impl State {
                 cands.idx[i] = *s;
                 cands.cflags[i] = f;
                 cands.flags |= u32::from(f);
+                cands.all &= u32::from(f);
             }
             if let Err(e) = self.maps.actions.insert(k, &cands, 0) {
                 error!("write ENF_ACTIONS: {e}");
@@ -778,8 +783,9 @@ impl State {
         for (slot, kr) in c.krules.iter().enumerate() {
             let r = &c.rules[kr.rule];
             for a in rule_keys(r, &self.principal_keys) {
-                ak.entry(fnv(&a)).or_default().set(slot as u32);
-                names.insert(fnv(&a), a);
+                let h = enf::akid_hash(a.as_bytes());
+                ak.entry(h).or_default().set(slot as u32);
+                names.insert(h, a);
             }
         }
         self.key_names = names;
@@ -1252,6 +1258,9 @@ pub struct KernelStats {
     pub connect_denied: u64,
     pub socks_added: u64,
     pub socks_busy: u64,
+    pub requests: u64,
+    pub split_requests: u64,
+    pub split_ns: u64,
 }
 
 impl State {
@@ -1271,6 +1280,9 @@ impl State {
             connect_denied: sum(enf::STAT_CONNECT_DENIED),
             socks_added: sum(enf::STAT_SOCKS_ADDED),
             socks_busy: sum(enf::STAT_SOCKS_BUSY),
+            requests: sum(enf::STAT_REQUESTS),
+            split_requests: sum(enf::STAT_SPLIT_REQUESTS),
+            split_ns: sum(enf::STAT_SPLIT_NS),
         }
     }
 
@@ -1361,6 +1373,12 @@ pub fn stats_json(state: &Shared) -> Value {
         "decisions": k.decisions,
         "decision_ns": k.decision_ns,
         "decision_ns_avg": if k.decisions > 0 { k.decision_ns as f64 / k.decisions as f64 } else { 0.0 },
+        // A query request's head and body write are one request: its time is both writes'.
+        "requests": k.requests,
+        "decision_ns_per_request": if k.requests > 0 { k.decision_ns as f64 / k.requests as f64 } else { 0.0 },
+        // Requests whose body came in a later write (both writes' time).
+        "split_requests": k.split_requests,
+        "split_ns": k.split_ns,
         "drops": k.drops,
         "classified": k.classified,
         "lost_events": k.lost_events,

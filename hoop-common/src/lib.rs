@@ -222,6 +222,9 @@ pub mod enf {
     pub const RF_OBJECT: u8 = 8;
     /// S3 resource pattern names a bucket only: only bucket-level paths match.
     pub const RF_BUCKET: u8 = 16;
+    /// The rule names DynamoDB tables: a JSON request's body must be read before deciding
+    /// (set from `res_kind`, for the candidate flags of [`super::Cands`]).
+    pub const RF_TABLE: u8 = 32;
 
     /// [`super::EndpointRef::flags`]: the rule has `exe` selectors: the caller's tgid must have
     /// the rule's bit in `ENF_EP_PID`.
@@ -261,7 +264,15 @@ pub mod enf {
     /// Sockets it could not add: already attached to another sk_msg program (a second
     /// enforcing agent on the host owns them), or the map is full. Their sends are not enforced.
     pub const STAT_SOCKS_BUSY: u32 = 7;
-    pub const STAT_COUNT: u32 = 8;
+    /// Timed requests (`--enforce-stats`): classified writes that ended a request, so
+    /// `STAT_DECISION_NS / STAT_REQUESTS` is the time per request (a head whose body comes in
+    /// a later write is timed but is not a request of its own).
+    pub const STAT_REQUESTS: u32 = 8;
+    /// Timed requests whose body came in a later write than the head (query protocol from
+    /// urllib3, JSON with a table rule), and the time of both their writes.
+    pub const STAT_SPLIT_REQUESTS: u32 = 9;
+    pub const STAT_SPLIT_NS: u32 = 10;
+    pub const STAT_COUNT: u32 = 11;
 
     /// One FNV-1a step.
     #[inline(always)]
@@ -278,6 +289,43 @@ pub mod enf {
             i += 1;
         }
         h
+    }
+
+    /// Length of every AWS access key id (`AKIA`/`ASIA` + 16).
+    pub const AKID_LEN: usize = 20;
+
+    /// Little-endian word of `n` bytes of `b` at `off`.
+    const fn le_word(b: &[u8], off: usize, n: usize) -> u64 {
+        let mut v = 0u64;
+        let mut j = 0;
+        while j < n {
+            v |= (b[off + j] as u64) << (8 * j);
+            j += 1;
+        }
+        v
+    }
+
+    /// Hash of an access key id as the kernel computes it: a 20-byte id (every AWS key id) from
+    /// three word loads, other ids (or ids with bytes below `'0'` or a `':'`, which the kernel
+    /// takes for separators) FNV-1a byte by byte.
+    pub const fn akid_hash(id: &[u8]) -> u64 {
+        if id.len() != AKID_LEN {
+            return fnv(id);
+        }
+        let mut i = 0;
+        while i < AKID_LEN {
+            if id[i] < b'0' || id[i] == b':' {
+                return fnv(id);
+            }
+            i += 1;
+        }
+        akid_words(le_word(id, 0, 8), le_word(id, 8, 8), le_word(id, 16, 4))
+    }
+
+    /// [`akid_hash`] of a 20-byte id from its words (the last one holds 4 bytes).
+    #[inline(always)]
+    pub const fn akid_words(w0: u64, w1: u64, w2: u64) -> u64 {
+        mix(mix(mix(FNV_OFFSET, w0), w1), w2)
     }
 
     /// Folds one 64-bit word into a key.
@@ -353,7 +401,7 @@ pub struct RuleDef {
 
 /// Rules an action key can trigger, in policy order (`ENF_ACTIONS[key]`). `n == 0` marks a key
 /// that is known (an operation without rules) and stops the less specific lookups.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Cands {
     pub n: u32,
@@ -364,6 +412,10 @@ pub struct Cands {
     /// `enf::RF_*` of each candidate: the kernel rules out a candidate by the masks it already
     /// holds, without reading the rule (a cold cache line per rule under real workloads).
     pub cflags: [u8; enf::MAX_CANDS],
+    /// `enf::RF_*` every candidate has (and-ed): when all need an access key and the signing
+    /// key is in no rule (or all need a workload the caller is not in), none can match.
+    pub all: u32,
+    pub _pad: u32,
 }
 
 /// A set of rule indexes (bit `i` = `ENF_RULES[i]`): the rules whose workload selectors
@@ -414,7 +466,8 @@ pub struct PendingReq {
     /// Action key already known (json), 0 for query bodies.
     pub action: u64,
     pub kind: u32,
-    pub _pad: u32,
+    /// Time the head write took in the kernel (`--enforce-stats`), added to the body's.
+    pub head_ns: u32,
 }
 
 /// One policy decision (`ENF_EVENTS` ring buffer).
@@ -504,6 +557,22 @@ mod user_enforce {
 #[cfg(test)]
 mod tests {
     use super::{RuleMask, enf};
+
+    #[test]
+    fn akid_hash_of_a_key_id_is_what_the_kernel_reads_from_the_credential() {
+        // The kernel loads three little-endian words at the key id in the copied head and keeps
+        // the low 4 bytes of the third (the 4 after it belong to the `/` and the date).
+        let cred = b"AKIAHOOPTEST00000001/20260101/eu-west-1/sts/aws4_request";
+        let word = |o: usize| u64::from_le_bytes(cred[o..o + 8].try_into().unwrap_or_default());
+        let kernel = enf::akid_words(word(0), word(8), word(16) & 0xffff_ffff);
+        assert_eq!(enf::akid_hash(&cred[..enf::AKID_LEN]), kernel);
+        assert_ne!(
+            enf::akid_hash(b"AKIAHOOPTEST00000001"),
+            enf::akid_hash(b"AKIAHOOPTEST00000002")
+        );
+        // Other lengths (not issued by AWS today) are hashed byte by byte, as the kernel's scan does.
+        assert_eq!(enf::akid_hash(b"AKIASHORT"), enf::fnv(b"AKIASHORT"));
+    }
 
     #[test]
     fn rule_mask_holds_each_rule_index_on_its_own() {

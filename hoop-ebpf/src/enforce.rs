@@ -105,6 +105,9 @@ struct Scratch {
     /// Rules whose workload includes the caller / whose keys include the signing key.
     wl: RuleMask,
     ak: RuleMask,
+    /// 1 when `wl` / `ak` hold a mask for this request (else no rule's bit is set).
+    wl_set: u64,
+    ak_set: u64,
     /// Request-line scan state: in the map, so every loop iteration looks alike to the
     /// verifier (its phases and flags would multiply the states it explores).
     ps: PathScan,
@@ -114,6 +117,11 @@ struct Scratch {
     path_at: u64,
     /// See [`opaque`].
     tmp: u64,
+    /// 1 when the write was a head whose body comes in a later write (`ENF_PENDING`).
+    deferred: u64,
+    /// 1 when the write was the body of such a head, whose time is `head_ns`.
+    split: u64,
+    head_ns: u64,
 }
 
 #[map]
@@ -161,6 +169,29 @@ fn opaque(v: u64) -> u64 {
     }
 }
 
+/// Copies `T` as 8-byte words. LLVM turns plain struct copies and runs of zero stores into
+/// calls to a byte-at-a-time memcpy / memset subprogram (hundreds of instructions for a
+/// 128-byte mask); volatile word accesses stay 8-byte moves. `T` is 8-aligned, its size a
+/// multiple of 8.
+#[inline(always)]
+fn copy_words<T>(dst: &mut T, src: &T) {
+    let (d, s) = (dst as *mut T as *mut u64, src as *const T as *const u64);
+    let mut i = 0;
+    while i < core::mem::size_of::<T>() / 8 {
+        // SAFETY: both point at a whole, 8-aligned T.
+        unsafe { core::ptr::write_volatile(d.add(i), core::ptr::read_volatile(s.add(i))) };
+        i += 1;
+    }
+}
+
+/// Zeroes a u64 field without letting LLVM merge it with its neighbours into a memset call
+/// (see [`copy_words`]).
+#[inline(always)]
+fn clear(f: &mut u64) {
+    // SAFETY: a plain store through a valid reference.
+    unsafe { core::ptr::write_volatile(f, 0) };
+}
+
 #[inline(always)]
 fn scratch() -> Option<&'static mut Scratch> {
     // SAFETY: per-CPU scratch, exclusively ours while the program runs.
@@ -173,15 +204,28 @@ fn byte(s: &Scratch, p: u64) -> u8 {
     unsafe { *s.buf.as_ptr().add(p as usize) }
 }
 
-/// Case-insensitive compare of `pat` (lower case, every byte with bit 0x20 set) at `p`.
+/// Case-insensitive compare of `pat` (lower case, every byte with bit 0x20 set) at `p`, 8 bytes
+/// at a time: a fraction of the code of a byte-wise compare, and code size is what a scan costs
+/// when the caches are cold (the patterns fold to constants).
 #[inline(always)]
 fn eq_ci(s: &Scratch, p: u64, pat: &[u8]) -> bool {
     let mut k = 0;
     while k < pat.len() {
-        if byte(s, p + k as u64) | 0x20 != pat[k] {
+        let (mut want, mut mask) = (0u64, 0u64);
+        let mut j = 0;
+        while j < 8 && k + j < pat.len() {
+            want |= (pat[k + j] as u64) << (8 * j);
+            mask |= 0xff << (8 * j);
+            j += 1;
+        }
+        // SAFETY: every caller passes p + pattern length + 7 < BUF_LEN. The load may be
+        // unaligned: the BPF ISA and x86 allow it (it is one `ldxdw` either way).
+        let w =
+            unsafe { core::ptr::read(s.buf.as_ptr().add((p + k as u64) as usize) as *const u64) };
+        if (w | 0x2020_2020_2020_2020) & mask != want {
             return false;
         }
-        k += 1;
+        k += 8;
     }
     true
 }
@@ -202,7 +246,9 @@ const AUTH2_PAT: &[u8] = b"authorization: aws ";
 const TARGET_PAT: &[u8] = b"x-amz-target:";
 const HOST_PAT: &[u8] = b"host:";
 
-#[inline(always)]
+/// Not inlined: the header scan calls it from each of a word's 8 byte positions, and one copy
+/// of its pattern compares keeps the cold-cache cost of a scan down.
+#[inline(never)]
 fn check_line(s: &mut Scratch, c: &LineScan, p: u64) {
     if p >= c.len {
         return;
@@ -245,23 +291,16 @@ extern "C" fn line_cb(_i: u64, ctx: *mut core::ffi::c_void) -> i64 {
     const WORDS: u64 = MASK & !7;
     let mut off = s.lpos & WORDS;
     let mut k = 0;
+    let mut w = 0u64;
     while k < 8 {
         if off >= c.len {
             return 1;
         }
         // SAFETY: off is 8-aligned and < SCAN_BYTES; the buffer is 8-aligned in the map value.
-        let w = unsafe { core::ptr::read(s.buf.as_ptr().add(off as usize) as *const u64) };
+        w = unsafe { core::ptr::read(s.buf.as_ptr().add(off as usize) as *const u64) };
         let x = w ^ 0x0a0a_0a0a_0a0a_0a0a;
         if (x.wrapping_sub(0x0101_0101_0101_0101) & !x & 0x8080_8080_8080_8080) != 0 {
-            let mut j = 0u64;
-            while j < 8 {
-                if (w >> (j * 8)) as u8 == b'\n' {
-                    check_line(s, c, off + j + 1);
-                }
-                j += 1;
-            }
-            s.lpos = off + 8;
-            return if s.body != 0 { 1 } else { 0 };
+            break;
         }
         if off >= WORDS {
             return 1;
@@ -269,8 +308,20 @@ extern "C" fn line_cb(_i: u64, ctx: *mut core::ffi::c_void) -> i64 {
         off = (off + 8) & WORDS;
         k += 1;
     }
-    s.lpos = off;
-    0
+    if k == 8 {
+        s.lpos = off;
+        return 0;
+    }
+    // `w` at `off` holds a '\n' (one copy of this loop: the scan's code stays small).
+    let mut j = 0u64;
+    while j < 8 {
+        if (w >> (j * 8)) as u8 == b'\n' {
+            check_line(s, c, off + j + 1);
+        }
+        j += 1;
+    }
+    s.lpos = off + 8;
+    if s.body != 0 { 1 } else { 0 }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -350,10 +401,34 @@ fn cred_byte(c: &mut CredScan, s: &Scratch, i: u64) -> i64 {
 /// `v2`: a SigV2 access key (S3 only: SigV2 has no scope).
 #[inline(always)]
 fn credential(base: u64, len: u64, v2: u64) -> (u64, u64) {
+    let Some(s) = scratch() else { return (0, 0) };
+    let b = base & MASK;
+    // Every AWS key id is 20 bytes: hashed from three word loads (`enf::akid_hash`). In the
+    // header form the date that follows is 8 bytes too: the byte scan starts at the region.
+    // SAFETY: b + 24 < BUF_LEN; unaligned word loads are one `ldxdw` (see `eq_ci`).
+    let w = |o: u64| unsafe { core::ptr::read(s.buf.as_ptr().add((b + o) as usize) as *const u64) };
+    let (w0, w1, w2) = (w(0), w(8), (w(16) & 0xffff_ffff) | 0x4141_4141_0000_0000);
+    // A 20-byte id: no separator (every one is below '0', or ':') among its bytes, one after.
+    let id_byte = |x: u64| {
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        let below_0 = x.wrapping_sub(ONES * 0x30) & !x & (ONES * 0x80);
+        let colon = (x ^ (ONES * 0x3a)).wrapping_sub(ONES) & !(x ^ (ONES * 0x3a)) & (ONES * 0x80);
+        below_0 | colon == 0
+    };
+    let akid_end = byte(s, b + enf::AKID_LEN as u64);
+    // The separators `cred_byte` ends the id at.
+    let ends_id = matches!(akid_end, b'/' | b'%' | b'&' | b':' | b',' | b' ' | b'\r');
+    let short = ends_id && id_byte(w0) && id_byte(w1) && id_byte(w2) && b + 30 < len;
+    let words = if short {
+        enf::akid_words(w0, w1, w2 & 0xffff_ffff)
+    } else {
+        0
+    };
+    let skip_date = short && akid_end == b'/' && byte(s, b + 29) == b'/' && v2 == 0;
     let mut c = CredScan {
-        base,
+        base: if skip_date { b + 30 } else { b },
         len,
-        field: 0,
+        field: if skip_date { 2 } else { 0 },
         skip: 0,
         akid: FNV_OFFSET,
         f2: FNV_OFFSET,
@@ -361,6 +436,9 @@ fn credential(base: u64, len: u64, v2: u64) -> (u64, u64) {
     };
     // SAFETY: bounded helper loop over a stack context.
     unsafe { bpf_loop(32, cred_cb as *mut _, (&mut c as *mut CredScan).cast(), 0) };
+    if short {
+        c.akid = words;
+    }
     let (akid, svc) = if v2 != 0 {
         if c.field == 5 {
             (c.akid, enf::fnv(b"s3"))
@@ -474,7 +552,6 @@ fn hash_value(base: u64, len: u64, term: u8, pfx: u64) -> (u64, u64) {
 struct FindScan {
     base: u64,
     len: u64,
-    found: u64,
     /// FIND_ACTION, FIND_TABLE or FIND_CREDENTIAL.
     what: u64,
 }
@@ -531,12 +608,7 @@ extern "C" fn find_cb(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
 
 #[inline(always)]
 fn find(base: u64, len: u64, what: u64) -> u64 {
-    let mut c = FindScan {
-        base,
-        len,
-        found: 0,
-        what,
-    };
+    let mut c = FindScan { base, len, what };
     if let Some(s) = scratch() {
         s.found = 0;
     }
@@ -610,33 +682,35 @@ fn host_bucket(base: u64, len: u64) -> (u64, u64) {
 // Request line: method and path shape.
 // ---------------------------------------------------------------------------------------------
 
+/// Fields that start at 0 alternate with ones that do not: LLVM turns a run of zero stores
+/// into a call to a byte-at-a-time memset (see `copy_words`), once per request head.
 #[repr(C)]
 struct PathScan {
     base: u64,
-    len: u64,
     phase: u64,
-    /// Shift register of ended segments (starts opaque so the verifier's states converge).
-    segs: u64,
+    len: u64,
     /// 1 once the first segment ended.
     seg0_done: u64,
+    /// Shift register of ended segments (starts opaque so the verifier's states converge).
+    segs: u64,
     /// 1 while the current segment has bytes. Flags, never positions compared with the index:
     /// the verifier must see a small, finite set of loop states.
     nonempty: u64,
     seg_h: u64,
     seg0_h: u64,
-    seg0_len: u64,
-    last_h: u64,
     /// Hash of the first query key (REST operations such as `?policy` are told apart by it).
     q_h: u64,
-    /// 1 once the first query key ended.
-    q_done: u64,
+    seg0_len: u64,
     /// Hash of the query key being read.
     k_h: u64,
+    last_h: u64,
     /// Hash of the `Action` parameter's value, and 1 once it ended (query protocol in a URL).
     a_h: u64,
-    act: u64,
+    /// 1 once the first query key ended.
+    q_done: u64,
     /// 1: record the first segment's prefix hashes in `pfx` (0 when the Host named the bucket).
     pfx: u64,
+    act: u64,
 }
 
 #[inline(always)]
@@ -874,7 +948,9 @@ extern "C" fn cand_cb(i: u64, _ctx: *mut core::ffi::c_void) -> i64 {
     let ri = s.cands.idx[j] as u32;
     // The workload and access-key masks rule most candidates out before their rule is read.
     let cf = s.cands.cflags[j];
-    if cf & enf::RF_WORKLOAD != 0 && !s.wl.has(ri) || cf & enf::RF_AKID != 0 && !s.ak.has(ri) {
+    if cf & enf::RF_WORKLOAD != 0 && (s.wl_set == 0 || !s.wl.has(ri))
+        || cf & enf::RF_AKID != 0 && (s.ak_set == 0 || !s.ak.has(ri))
+    {
         return 0;
     }
     let Some(r) = ENF_RULES.get(ri) else { return 0 };
@@ -902,7 +978,7 @@ fn decide(ctx: &ProbeContext, cfg: &EnforceConfig, who: &Caller) {
             // SAFETY: value copied out.
             if let Some(c) = unsafe { ENF_ACTIONS.get(&kk) } {
                 key = kk;
-                s.cands = *c;
+                copy_words(&mut s.cands, c);
                 found = true;
                 break;
             }
@@ -916,24 +992,40 @@ fn decide(ctx: &ProbeContext, cfg: &EnforceConfig, who: &Caller) {
     s.hit = u64::MAX;
     // One lookup per mask for all candidates (the maps are only read when a candidate needs
     // them: each cold hash lookup costs hundreds of ns under a real workload).
+    clear(&mut s.wl_set);
+    clear(&mut s.ak_set);
     if s.cands.flags & enf::RF_WORKLOAD as u32 != 0 {
         // SAFETY: values copied out.
-        s.wl = unsafe { ENF_SCOPE_CG.get(&who.cg) }
-            .copied()
-            .unwrap_or_default();
+        if let Some(m) = unsafe { ENF_SCOPE_CG.get(&who.cg) } {
+            copy_words(&mut s.wl, m);
+            s.wl_set = 1;
+        }
         if let Some(p) = unsafe { ENF_SCOPE_PID.get(&((who.id >> 32) as u32)) } {
-            let mut i = 0;
-            while i < s.wl.bits.len() {
-                s.wl.bits[i] |= p.bits[i];
-                i += 1;
+            if s.wl_set == 0 {
+                copy_words(&mut s.wl, p);
+            } else {
+                let mut i = 0;
+                while i < s.wl.bits.len() {
+                    s.wl.bits[i] |= p.bits[i];
+                    i += 1;
+                }
             }
+            s.wl_set = 1;
         }
     }
-    if s.cands.flags & enf::RF_AKID as u32 != 0 {
-        // SAFETY: value copied out.
-        s.ak = unsafe { ENF_AKIDS.get(&req.akid) }
-            .copied()
-            .unwrap_or_default();
+    if s.cands.flags & enf::RF_AKID as u32 != 0
+        // SAFETY: value read in place.
+        && let Some(m) = unsafe { ENF_AKIDS.get(&req.akid) }
+    {
+        copy_words(&mut s.ak, m);
+        s.ak_set = 1;
+    }
+    // Rules scoped to keys or workloads (most are) cannot match a caller outside them: no
+    // candidate needs to be looked at.
+    if s.cands.all & enf::RF_AKID as u32 != 0 && s.ak_set == 0
+        || s.cands.all & enf::RF_WORKLOAD as u32 != 0 && s.wl_set == 0
+    {
+        return;
     }
     let mut dummy = 0u64;
     // SAFETY: bounded helper loop.
@@ -1055,6 +1147,10 @@ pub fn on_write(ctx: &ProbeContext) {
         len,
         t0,
     };
+    if let Some(s) = scratch() {
+        clear(&mut s.deferred);
+        clear(&mut s.split);
+    }
     if let Some(req) = classify(&who, pending)
         && let Some(s) = scratch()
     {
@@ -1063,11 +1159,18 @@ pub fn on_write(ctx: &ProbeContext) {
     }
     stat(enf::STAT_CLASSIFIED, 1);
     if t0 != 0 {
+        if scratch().is_some_and(|s| s.deferred == 0) {
+            stat(enf::STAT_REQUESTS, 1);
+        }
+        let dt = unsafe { bpf_ktime_get_boot_ns() } - t0;
         stat(enf::STAT_DECISIONS, 1);
-        stat(
-            enf::STAT_DECISION_NS,
-            unsafe { bpf_ktime_get_boot_ns() } - t0,
-        );
+        stat(enf::STAT_DECISION_NS, dt);
+        if let Some(s) = scratch()
+            && s.split != 0
+        {
+            stat(enf::STAT_SPLIT_REQUESTS, 1);
+            stat(enf::STAT_SPLIT_NS, s.head_ns + dt);
+        }
     }
 }
 
@@ -1118,19 +1221,21 @@ fn classify(who: &Caller, pending: Option<PendingReq>) -> Option<Req> {
     if m == 0 {
         let p = pending?;
         let _ = ENF_PENDING.remove(&who.ssl);
+        s.split = 1;
+        s.head_ns = p.head_ns as u64;
         return body(&p, 0, n);
     }
     if pending.is_some() {
         let _ = ENF_PENDING.remove(&who.ssl);
     }
     let mut ls = LineScan { len: n };
-    s.target = 0;
-    s.auth = 0;
-    s.v2 = 0;
-    s.host = 0;
-    s.body = 0;
-    s.line1 = 0;
-    s.lpos = 0;
+    clear(&mut s.target);
+    clear(&mut s.auth);
+    clear(&mut s.v2);
+    clear(&mut s.host);
+    clear(&mut s.body);
+    clear(&mut s.line1);
+    clear(&mut s.lpos);
     // SAFETY: bounded helper loops over stack contexts.
     unsafe {
         bpf_loop(
@@ -1146,6 +1251,20 @@ fn classify(who: &Caller, pending: Option<PendingReq>) -> Option<Req> {
         s.host & MASK,
         s.body & (2 * MASK + 1),
     );
+    // JSON protocol: the operation is the target. Most operations have no rule: then there is
+    // nothing to decide, and the credential is not even read.
+    let (json_key, json_flags) = if ls_target != 0 {
+        let (t, tn) = hash_value(ls_target, n, b'\r', 0);
+        if tn == 0 {
+            return None;
+        }
+        let key = enf::key_json(t);
+        // SAFETY: value copied out.
+        (key, unsafe { ENF_ACTIONS.get(&key) }?.flags)
+    } else {
+        (0, 0)
+    };
+    let (json_key, json_flags) = (opaque(json_key), opaque(json_flags as u64));
     // The request line ends where the second line starts.
     let line_end = if s.line1 != 0 { s.line1 & MASK } else { n };
     // The signing credential: the Authorization header, else a presigned URL's query.
@@ -1170,25 +1289,24 @@ fn classify(who: &Caller, pending: Option<PendingReq>) -> Option<Req> {
         res_full: 0,
     };
     let body_in_write = ls_body != 0 && ls_body < n;
-    if ls_target != 0 {
-        let (t, tn) = hash_value(ls_target, n, b'\r', 0);
-        if tn == 0 {
-            return None;
-        }
+    if json_key != 0 {
         req.kind = enf::KIND_JSON;
-        req.keys[0] = enf::key_json(t);
+        req.keys[0] = json_key;
         req.nkeys = 1;
+        if json_flags & enf::RF_TABLE as u64 == 0 {
+            return Some(req);
+        }
         if body_in_write {
             table(&mut req, ls_body, n);
-        } else if needs_table(req.keys[0]) {
+        } else {
             let p = PendingReq {
                 akid,
                 svc,
                 action: req.keys[0],
                 kind: enf::KIND_JSON as u32,
-                _pad: 0,
+                head_ns: 0,
             };
-            let _ = ENF_PENDING.insert(&who.ssl, &p, 0);
+            defer(s, who, p);
             return None;
         }
         return Some(req);
@@ -1240,12 +1358,12 @@ fn classify(who: &Caller, pending: Option<PendingReq>) -> Option<Req> {
             svc,
             action: 0,
             kind: enf::KIND_QUERY as u32,
-            _pad: 0,
+            head_ns: 0,
         };
         if body_in_write {
             return body(&p, ls_body, n);
         } else if svc != 0 {
-            let _ = ENF_PENDING.insert(&who.ssl, &p, 0);
+            defer(s, who, p);
         }
         return None;
     }
@@ -1286,26 +1404,14 @@ fn classify(who: &Caller, pending: Option<PendingReq>) -> Option<Req> {
     Some(req)
 }
 
-/// Does any rule on this action key look at the DynamoDB table name?
+/// Keeps what the head of `who`'s request told for the write that brings its body.
 #[inline(always)]
-fn needs_table(key: u64) -> bool {
-    // SAFETY: value copied out.
-    let Some(c) = (unsafe { ENF_ACTIONS.get(&key) }).copied() else {
-        return false;
-    };
-    let mut j = 0;
-    while j < enf::MAX_CANDS {
-        if j as u32 >= c.n {
-            return false;
-        }
-        if let Some(r) = ENF_RULES.get(c.idx[j] as u32)
-            && r.res_kind == enf::RES_TABLE
-        {
-            return true;
-        }
-        j += 1;
+fn defer(s: &mut Scratch, who: &Caller, mut p: PendingReq) {
+    if who.t0 != 0 {
+        p.head_ns = (unsafe { bpf_ktime_get_boot_ns() } - who.t0) as u32;
     }
-    false
+    let _ = ENF_PENDING.insert(&who.ssl, &p, 0);
+    s.deferred = 1;
 }
 
 #[inline(always)]
