@@ -65,14 +65,8 @@ pub fn calls(
     let py = repo_root().join(".venv/bin/python");
     let cmd = match cgroup {
         Some(cg) => {
-            let mut c = Command::new("sh");
-            c.arg("-c")
-                .arg(format!(
-                    "echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"",
-                    cg.display()
-                ))
-                .arg(&py)
-                .arg(&script);
+            let mut c = in_cgroup(cg, &py);
+            c.arg(&script);
             c
         }
         None => {
@@ -175,4 +169,29 @@ pub fn proc_state(pid: u32) -> Option<char> {
     let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // pid (comm) STATE ...: comm may hold spaces and parens, the state follows the last ')'.
     st.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// Waits for `pid`'s record of `op` and checks that one was decided `effect` by `rule`;
+/// returns the process's records.
+pub fn wait_decided(agent: &Agent, pid: u32, op: &str, effect: &str, rule: &str) -> Vec<Value> {
+    let recs = agent.wait_records(pid, WAIT, |r| !decision_of(r, op).is_empty());
+    let d = decision_of(&recs, op);
+    assert!(
+        d.iter().any(|d| d["effect"] == effect && d["rule"] == rule),
+        "{op} decided {effect} by {rule}: {d:?}"
+    );
+    recs
+}
+
+/// `program` run in the cgroup at `cgroup` (a shell joins it, then execs the program; the caller
+/// adds the arguments).
+pub fn in_cgroup(cgroup: &Path, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"",
+            cgroup.display()
+        ))
+        .arg(program);
+    c
 }

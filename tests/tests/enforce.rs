@@ -235,16 +235,7 @@ print(json.dumps(out))
     let run = |cgroup: Option<&Path>| -> anyhow::Result<Value> {
         let py = repo_root().join(".venv/bin/python");
         let mut c = match cgroup {
-            Some(cgp) => {
-                let mut c = Command::new("sh");
-                c.arg("-c")
-                    .arg(format!(
-                        "echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"",
-                        cgp.display()
-                    ))
-                    .arg(&py);
-                c
-            }
+            Some(cgp) => in_cgroup(cgp, &py),
             None => Command::new(&py),
         };
         c.arg("-c").arg(&probe);
@@ -334,15 +325,7 @@ fn approval_flow_end_to_end() -> anyhow::Result<()> {
             .any(|d| d["effect"] == "approval-requested"),
         "{r1:?}"
     );
-    let r2 = enf
-        .agent
-        .wait_records(pid2, WAIT, |r| !decision_of(r, "DeleteBucket").is_empty());
-    assert!(
-        decision_of(&r2, "DeleteBucket")
-            .iter()
-            .any(|d| d["effect"] == "approved" && d["rule"] == "ask-first"),
-        "{r2:?}"
-    );
+    wait_decided(&enf.agent, pid2, "DeleteBucket", "approved", "ask-first");
     let start = Instant::now();
     loop {
         let lines: Vec<Value> = enf
@@ -565,15 +548,7 @@ fn connections_opened_before_the_agent_are_enforced() -> anyhow::Result<()> {
         .and_then(|t| t.parse().ok())
         .unwrap_or(0);
     assert!(n >= 1, "adopted at least the client's socket: {adopted}");
-    let recs = enf
-        .agent
-        .wait_records(pid, WAIT, |r| !decision_of(r, "DeleteBucket").is_empty());
-    assert!(
-        decision_of(&recs, "DeleteBucket")
-            .iter()
-            .any(|d| d["effect"] == "deny" && d["rule"] == "pre"),
-        "{recs:?}"
-    );
+    wait_decided(&enf.agent, pid, "DeleteBucket", "deny", "pre");
     enf.agent.stop()?;
     Ok(())
 }
@@ -627,15 +602,7 @@ fn hold_pauses_the_caller_until_approved() -> anyhow::Result<()> {
         after[0]["ok"] == false,
         "the bucket was really deleted: {after:?}"
     );
-    let recs = enf
-        .agent
-        .wait_records(pid, WAIT, |r| !decision_of(r, "DeleteBucket").is_empty());
-    assert!(
-        decision_of(&recs, "DeleteBucket")
-            .iter()
-            .any(|d| d["effect"] == "approved" && d["rule"] == "hold-it"),
-        "{recs:?}"
-    );
+    wait_decided(&enf.agent, pid, "DeleteBucket", "approved", "hold-it");
     enf.agent.stop()?;
     Ok(())
 }
@@ -694,13 +661,7 @@ fn principal_rule_is_enforced_through_its_keys() -> anyhow::Result<()> {
         &[format!("delete-bucket:{b2}")],
     )?;
     assert!(res[0]["ok"] == true, "another principal passes: {res:?}");
-    let recs = agent.wait_records(pid, WAIT, |r| !decision_of(r, "DeleteBucket").is_empty());
-    assert!(
-        decision_of(&recs, "DeleteBucket")
-            .iter()
-            .any(|d| d["effect"] == "deny" && d["rule"] == "agents"),
-        "{recs:?}"
-    );
+    wait_decided(&agent, pid, "DeleteBucket", "deny", "agents");
     agent.stop()?;
     Ok(())
 }
@@ -1086,15 +1047,7 @@ fn approval_hold_times_out_and_the_held_call_fails() -> anyhow::Result<()> {
     assert_eq!(req["aws"]["operation"], "DeleteBucket", "{req}");
     assert_eq!(req["identity"]["access_key_id"], key.as_str(), "{req}");
     assert_eq!(req["process"]["pid"], pid, "{req}");
-    let recs = enf
-        .agent
-        .wait_records(pid, WAIT, |r| !decision_of(r, "DeleteBucket").is_empty());
-    assert!(
-        decision_of(&recs, "DeleteBucket")
-            .iter()
-            .any(|d| d["effect"] == "deny" && d["rule"] == "hold-brief"),
-        "{recs:?}"
-    );
+    wait_decided(&enf.agent, pid, "DeleteBucket", "deny", "hold-brief");
     enf.agent.stop()?;
     Ok(())
 }
@@ -1178,15 +1131,8 @@ fn endpoint_decisions_are_in_the_trail() -> anyhow::Result<()> {
     let probe = format!(
         "import socket\ns = socket.socket()\ntry:\n    s.connect(('127.0.0.1', {port})); print('connected')\nexcept OSError as e:\n    print(e.errno)\n"
     );
-    let mut c = Command::new("sh");
-    c.arg("-c")
-        .arg(format!(
-            "echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"",
-            cg.0.display()
-        ))
-        .arg(repo_root().join(".venv/bin/python"))
-        .arg("-c")
-        .arg(&probe);
+    let mut c = in_cgroup(&cg.0, repo_root().join(".venv/bin/python"));
+    c.arg("-c").arg(&probe);
     let (pid, out) = run_client(c)?;
     assert_eq!(out.trim(), "1", "EPERM from the cgroup");
     let start_t = Instant::now();
@@ -1216,15 +1162,8 @@ fn endpoint_decisions_are_in_the_trail() -> anyhow::Result<()> {
         ),
     )?;
     enf.agent.wait_log("policy reloaded", WAIT)?;
-    let mut c = Command::new("sh");
-    c.arg("-c")
-        .arg(format!(
-            "echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"",
-            cg.0.display()
-        ))
-        .arg(repo_root().join(".venv/bin/python"))
-        .arg("-c")
-        .arg(&probe);
+    let mut c = in_cgroup(&cg.0, repo_root().join(".venv/bin/python"));
+    c.arg("-c").arg(&probe);
     let (pid2, out) = run_client(c)?;
     assert_eq!(out.trim(), "connected", "monitor mode blocks nothing");
     let start_t = Instant::now();

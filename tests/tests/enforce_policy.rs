@@ -241,15 +241,7 @@ fn exe_scoped_call_rule_blocks_that_executable_only() -> anyhow::Result<()> {
         after[0]["ok"] == true && after[1]["ok"] == false,
         "{b1} kept, {b2} deleted: {after:?}"
     );
-    let recs = enf
-        .agent
-        .wait_records(pid, WAIT, |r| !decision_of(r, "DeleteBucket").is_empty());
-    assert!(
-        decision_of(&recs, "DeleteBucket")
-            .iter()
-            .any(|d| d["effect"] == "deny" && d["rule"] == "copy-no-delete"),
-        "{recs:?}"
-    );
+    wait_decided(&enf.agent, pid, "DeleteBucket", "deny", "copy-no-delete");
     enf.agent.stop()?;
     Ok(())
 }

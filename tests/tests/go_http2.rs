@@ -366,14 +366,8 @@ impl Cgroup {
 
     /// `cmd` run as the first process of this cgroup.
     fn wrap(&self, cmd: &Command) -> Command {
-        let mut c = Command::new("sh");
-        c.arg("-c")
-            .arg(format!(
-                "echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"",
-                self.0.display()
-            ))
-            .arg(cmd.get_program())
-            .args(cmd.get_args());
+        let mut c = hoop_e2e::enforce::in_cgroup(&self.0, cmd.get_program());
+        c.args(cmd.get_args());
         for (k, v) in cmd.get_envs() {
             match v {
                 Some(v) => c.env(k, v),
