@@ -17,7 +17,10 @@ builds exactly the requests it sends to AWS:
                              path-style checks of the emulator's state
 IAM through the query protocol with every parameter in the URL (`GET /?Action=...`), signed
 with botocore's SigV4 signer and sent with urllib3:
-  url-create-user:U, get-user:U"""
+  url-create-user:U, get-user:U
+CloudWatch, which botocore speaks over Smithy RPC v2 CBOR (`POST /service/.../operation/Op`):
+  cw-put-metric:NAMESPACE, cw-list-metrics:NAMESPACE
+  cw-metric-exists:NAMESPACE  fails unless the namespace holds a metric"""
 import json
 import os
 import socket
@@ -81,6 +84,10 @@ def url_query(service, params):
     check(http.request("GET", prepared.url, headers=dict(prepared.headers)))
 
 
+def cw():
+    return boto3.client("cloudwatch", endpoint_url=os.environ["HOOP_ENDPOINT"], config=Config(retries=retries))
+
+
 def run(step):
     op, _, arg = step.partition(":")
     b, _, k = arg.partition("/")
@@ -108,6 +115,12 @@ def run(step):
         path.get_bucket_policy(Bucket=b)
     elif op == "url-create-user":
         url_query("iam", {"Action": "CreateUser", "UserName": arg, "Version": "2010-05-08"})
+    elif op == "cw-put-metric":
+        cw().put_metric_data(Namespace=arg, MetricData=[{"MetricName": "hoop", "Value": 1.0}])
+    elif op in ("cw-list-metrics", "cw-metric-exists"):
+        found = cw().list_metrics(Namespace=arg)["Metrics"]
+        if op == "cw-metric-exists" and not found:
+            raise LookupError(f"no metric in {arg}")
     elif op == "get-user":
         boto3.client("iam", endpoint_url=os.environ["HOOP_ENDPOINT"], config=Config(retries=retries)).get_user(UserName=arg)
     else:

@@ -1193,8 +1193,8 @@ fn endpoint_decisions_are_in_the_trail() -> anyhow::Result<()> {
 /// The request shapes real clients send besides boto3's path-style S3 and split query bodies:
 /// virtual-hosted S3 (the bucket in `Host`, as boto3 and the JS SDK address AWS), presigned
 /// URLs (SigV4 and S3's legacy SigV2: the credential in the query, no `Authorization`),
-/// query-protocol parameters in the URL, and a client that writes head and body in one TLS
-/// write (Node). Each denied call must fail and leave the emulator unchanged (the buckets it
+/// query-protocol parameters in the URL, Smithy RPC v2 CBOR (boto3's CloudWatch), and a client
+/// that writes head and body in one TLS write (Node). Each denied call must fail and leave the emulator unchanged (the buckets it
 /// would delete are empty, so only the policy stops it); calls the rules do not name pass.
 #[test]
 fn every_request_shape_is_classified_in_the_kernel() -> anyhow::Result<()> {
@@ -1232,8 +1232,14 @@ rules:
     match:
       access_keys: ["{key}"]
       actions: ["iam:CreateUser", "dynamodb:DeleteTable"]
+  - name: no-metrics
+    effect: deny
+    match:
+      access_keys: ["{key}"]
+      actions: ["cloudwatch:PutMetricData"]
 "#
     ))?;
+    let ns = format!("hoop/shape/{id}");
     let py = || {
         let mut c = Command::new(repo_root().join(".venv/bin/python"));
         c.arg(client_script("enforce_shapes.py"));
@@ -1261,6 +1267,8 @@ rules:
         (format!("presigned-put-object:{keep}/k4"), true),
         (format!("vh-delete-bucket:{other}"), true),
         (format!("url-create-user:{user}"), false),
+        (format!("cw-list-metrics:{ns}"), true),
+        (format!("cw-put-metric:{ns}"), false),
     ];
     let names: Vec<String> = steps.iter().map(|(s, _)| s.clone()).collect();
     let (pid, res) = run_steps(&emu, py(), Some(&key), &names)?;
@@ -1294,6 +1302,7 @@ rules:
         (format!("get-user:{user}"), false),
         (format!("get-user:{node_user}"), false),
         (format!("head-bucket:{node_e}"), true),
+        (format!("cw-metric-exists:{ns}"), false),
     ];
     let names: Vec<String> = check.iter().map(|(s, _)| s.clone()).collect();
     let (_, after) = run_steps(&emu, py(), None, &names)?;
@@ -1313,6 +1322,7 @@ rules:
         ("DeleteBucket", "keep-buckets"),
         ("PutObject", "read-only-bucket"),
         ("CreateUser", "no-users"),
+        ("PutMetricData", "no-metrics"),
     ];
     let denied_by = |recs: &[Value], op: &str, rule: &str| {
         decision_of(recs, op)
