@@ -4,7 +4,7 @@
 //! Everything runs as root on the host. Probes see the whole host, so tests run one at a time
 //! (`--test-threads=1`, set by `cargo xtask test`) and filter records by the pids they started.
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -576,4 +576,60 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
         }
         pre.split_whitespace().nth(4).map(PathBuf::from)
     })
+}
+
+/// The link-local credential endpoints' addresses on `lo` for the length of a test.
+pub struct LinkLocal(Vec<(&'static str, &'static str)>);
+
+impl LinkLocal {
+    pub fn add() -> Result<Self> {
+        let mut added = LinkLocal(Vec::new());
+        for (fam, cidr) in [
+            ("-4", "169.254.169.254/32"),
+            ("-4", "169.254.170.2/32"),
+            ("-4", "169.254.170.23/32"),
+            ("-6", "fd00:ec2::254/128"),
+        ] {
+            let mut cmd = Command::new("ip");
+            cmd.args([fam, "addr", "add", cidr, "dev", "lo"]);
+            if fam == "-6" {
+                cmd.arg("nodad");
+            }
+            let out = cmd.output()?;
+            ensure!(
+                out.status.success(),
+                "ip addr add {cidr}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            added.0.push((fam, cidr));
+        }
+        Ok(added)
+    }
+}
+
+impl Drop for LinkLocal {
+    fn drop(&mut self) {
+        for (fam, cidr) in &self.0 {
+            let _ = Command::new("ip")
+                .args([fam, "addr", "del", cidr, "dev", "lo"])
+                .status();
+        }
+    }
+}
+
+/// Serves the plain-HTTP credential endpoints (`tests/clients/credential_endpoints.py`: IMDS on
+/// IPv4 and IPv6, ECS, Pod Identity) with the keys in `spec`, on the addresses [`LinkLocal`]
+/// adds; stopped when the guard drops.
+pub fn serve_credential_endpoints(spec: &Value) -> Result<Guard> {
+    let mut server = Command::new(repo_root().join(".venv/bin/python"))
+        .arg(client_script("credential_endpoints.py"))
+        .arg(spec.to_string())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    let out = server.stdout.take().context("endpoint server stdout")?;
+    let guard = Guard(server);
+    BufReader::new(out).read_line(&mut line)?;
+    ensure!(line.trim() == "ready", "endpoint server: {line:?}");
+    Ok(guard)
 }

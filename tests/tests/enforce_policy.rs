@@ -347,3 +347,63 @@ fn hot_reload_adds_then_removes_a_rule() -> anyhow::Result<()> {
     enf.agent.stop()?;
     Ok(())
 }
+
+/// The issue's own example, "pods cannot take the node's role": an endpoint rule denies the
+/// instance metadata service (169.254.169.254 and fd00:ec2::254, served here on `lo` with
+/// AWS's response shapes) to one cgroup. boto3's credential chain in that cgroup finds no
+/// credentials, over IPv4 or IPv6; the same script outside it gets the node role's keys.
+#[test]
+fn imds_denied_to_a_cgroup_keeps_the_node_role_from_it() -> anyhow::Result<()> {
+    let _ll = LinkLocal::add()?;
+    let id = std::process::id();
+    let keys = |tag: &str| serde_json::json!({"key": format!("ASIA{tag}{:012}", id), "secret": format!("{tag}secret{id}xxxxxxxxxxxxxxxxxxxxxx"), "token": format!("IQoJ{tag}{id}")});
+    let spec = serde_json::json!({
+        "role": format!("hoop-node-role-{id}"),
+        "account": "210987654321",
+        "instance": format!("i-0{:016x}", id),
+        "ecs_path": format!("/v2/credentials/hoop-{id}"),
+        "ecs_role_arn": format!("arn:aws:iam::210987654321:role/hoop-task-{id}"),
+        "pod_token": format!("pod-identity-token-{id}"),
+        "imds": keys("IMDS"), "imds6": keys("IMD6"), "ecs": keys("ECSS"), "pod": keys("PODI"),
+    });
+    let _server = serve_credential_endpoints(&spec)?;
+    let cg = Cgroup::new("imds-deny")?;
+    let _enf = start(&format!(
+        "rules:\n  - name: no-imds\n    effect: deny\n    match:\n      cgroup: \"{}\"\n      endpoints: [\"169.254.169.254/32\", \"fd00:ec2::254/128\"]\n      ports: [80]\n",
+        cg.1
+    ))?;
+    let script = "import boto3\nc = boto3.session.Session().get_credentials()\nprint(c.method if c else 'none')\n";
+    let py = repo_root().join(".venv/bin/python");
+    for mode in ["IPv4", "IPv6"] {
+        let credentials = |inside: bool| -> anyhow::Result<String> {
+            let mut c = if inside {
+                in_cgroup(&cg.0, &py)
+            } else {
+                Command::new(&py)
+            };
+            c.arg("-c")
+                .arg(script)
+                .env_remove("AWS_ACCESS_KEY_ID")
+                .env_remove("AWS_SECRET_ACCESS_KEY")
+                .env_remove("AWS_SESSION_TOKEN")
+                .env_remove("AWS_EC2_METADATA_DISABLED")
+                .env_remove("AWS_PROFILE")
+                .env("AWS_CONFIG_FILE", "/dev/null")
+                .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+                .env("AWS_DEFAULT_REGION", REGION)
+                .env("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE", mode);
+            Ok(run_client(c)?.1.trim().to_string())
+        };
+        assert_eq!(
+            credentials(true)?,
+            "none",
+            "{mode}: the cgroup gets no role"
+        );
+        assert_eq!(
+            credentials(false)?,
+            "iam-role",
+            "{mode}: outside the cgroup the node role is there"
+        );
+    }
+    Ok(())
+}

@@ -349,45 +349,6 @@ fn process_in_a_container_cgroup_gets_its_container_id() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The link-local credential endpoints' addresses on `lo` for the length of a test.
-struct LinkLocal(Vec<(&'static str, &'static str)>);
-
-impl LinkLocal {
-    fn add() -> anyhow::Result<Self> {
-        let mut added = LinkLocal(Vec::new());
-        for (fam, cidr) in [
-            ("-4", "169.254.169.254/32"),
-            ("-4", "169.254.170.2/32"),
-            ("-4", "169.254.170.23/32"),
-            ("-6", "fd00:ec2::254/128"),
-        ] {
-            let mut cmd = Command::new("ip");
-            cmd.args([fam, "addr", "add", cidr, "dev", "lo"]);
-            if fam == "-6" {
-                cmd.arg("nodad");
-            }
-            let out = cmd.output()?;
-            anyhow::ensure!(
-                out.status.success(),
-                "ip addr add {cidr}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            added.0.push((fam, cidr));
-        }
-        Ok(added)
-    }
-}
-
-impl Drop for LinkLocal {
-    fn drop(&mut self) {
-        for (fam, cidr) in &self.0 {
-            let _ = Command::new("ip")
-                .args([fam, "addr", "del", cidr, "dev", "lo"])
-                .status();
-        }
-    }
-}
-
 const LIST_BUCKETS_SCRIPT: &str = "import boto3, os\n\
     s = boto3.session.Session()\n\
     c = s.get_credentials()\n\
@@ -416,18 +377,7 @@ fn credential_endpoint_keys_are_attributed_to_their_principals() -> anyhow::Resu
         "ecs": {"key": n("ASIAECSS"), "secret": format!("ecssSECRET{id}xxxxxxxxxxxxxxxxxxxx"), "token": format!("IQoJecssTOKEN{id}")},
         "pod": {"key": n("ASIAPODI"), "secret": format!("podiSECRET{id}xxxxxxxxxxxxxxxxxxxx"), "token": format!("IQoJpodiTOKEN{id}")},
     });
-    let mut server = Command::new(repo_root().join(".venv/bin/python"))
-        .arg(client_script("credential_endpoints.py"))
-        .arg(spec.to_string())
-        .stdout(std::process::Stdio::piped())
-        .spawn()?;
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(server.stdout.take().expect("piped stdout")),
-        &mut line,
-    )?;
-    let _server = Guard(server);
-    anyhow::ensure!(line.trim() == "ready", "endpoint server: {line:?}");
+    let _server = serve_credential_endpoints(&spec)?;
 
     let emu = Emulator::start()?;
     let mut agent = Agent::start(&[])?;
