@@ -717,6 +717,16 @@ fn wait_stored_event(enf: &Enf, effect: &str, id: u64) -> anyhow::Result<Value> 
 }
 
 /// Waits for a pending approval request of `pid`; returns its id.
+/// Creates bucket `b`, then has `key` try to delete it: the `approve` rule refuses the attempt
+/// and opens a request. Returns (the caller's pid, the request id).
+fn first_attempt(emu: &Emulator, enf: &Enf, key: &str, b: &str) -> anyhow::Result<(u32, u64)> {
+    let (_, setup) = calls(emu, None, None, &[format!("create-bucket:{b}")])?;
+    assert!(setup[0]["ok"] == true, "setup: {setup:?}");
+    let (pid, first) = calls(emu, Some(key), None, &[format!("delete-bucket:{b}")])?;
+    assert!(first[0]["ok"] == false, "first attempt blocked: {first:?}");
+    Ok((pid, wait_pending(enf, pid)?))
+}
+
 fn wait_pending(enf: &Enf, pid: u32) -> anyhow::Result<u64> {
     let start = Instant::now();
     loop {
@@ -772,11 +782,7 @@ fn approval_flow_is_in_the_tamper_evident_trail() -> anyhow::Result<()> {
         "rules:\n  - name: ask-first\n    effect: approve\n    grant_ttl: 5m\n    match:\n      access_keys: [\"{key}\"]\n      actions: [\"s3:DeleteBucket\"]\n"
     ))?;
     let b = format!("hoop-trail-{}", std::process::id());
-    let (_, setup) = calls(&emu, None, None, &[format!("create-bucket:{b}")])?;
-    assert!(setup[0]["ok"] == true, "setup: {setup:?}");
-    let (pid1, first) = calls(&emu, Some(&key), None, &[format!("delete-bucket:{b}")])?;
-    assert!(first[0]["ok"] == false, "first attempt blocked: {first:?}");
-    let id = wait_pending(&enf, pid1)?;
+    let (pid1, id) = first_attempt(&emu, &enf, &key, &b)?;
     let a = cli(&enf.socket, &["approve", &id.to_string()])?;
     assert_eq!(a["state"], "approved", "{a}");
     let (pid2, second) = calls(&emu, Some(&key), None, &[format!("delete-bucket:{b}")])?;
@@ -859,11 +865,7 @@ fn approval_deny_is_recorded_and_the_retry_stays_blocked() -> anyhow::Result<()>
         "rules:\n  - name: ask-first\n    effect: approve\n    match:\n      access_keys: [\"{key}\"]\n      actions: [\"s3:DeleteBucket\"]\n"
     ))?;
     let b = format!("hoop-deny-{}", std::process::id());
-    let (_, setup) = calls(&emu, None, None, &[format!("create-bucket:{b}")])?;
-    assert!(setup[0]["ok"] == true, "setup: {setup:?}");
-    let (pid1, first) = calls(&emu, Some(&key), None, &[format!("delete-bucket:{b}")])?;
-    assert!(first[0]["ok"] == false, "first attempt blocked: {first:?}");
-    let id = wait_pending(&enf, pid1)?;
+    let (pid1, id) = first_attempt(&emu, &enf, &key, &b)?;
     let d = cli(&enf.socket, &["deny", &id.to_string()])?;
     assert_eq!(d["state"], "denied", "{d}");
     assert!(
@@ -975,11 +977,7 @@ fn approval_request_expires_without_a_decision() -> anyhow::Result<()> {
         "rules:\n  - name: ask-first\n    effect: approve\n    request_timeout: 2s\n    match:\n      access_keys: [\"{key}\"]\n      actions: [\"s3:DeleteBucket\"]\n"
     ))?;
     let b = format!("hoop-reqexp-{}", std::process::id());
-    let (_, setup) = calls(&emu, None, None, &[format!("create-bucket:{b}")])?;
-    assert!(setup[0]["ok"] == true, "setup: {setup:?}");
-    let (pid1, first) = calls(&emu, Some(&key), None, &[format!("delete-bucket:{b}")])?;
-    assert!(first[0]["ok"] == false, "first attempt blocked: {first:?}");
-    let id = wait_pending(&enf, pid1)?;
+    let (pid1, id) = first_attempt(&emu, &enf, &key, &b)?;
     let a = wait_listed(&enf, id, |a| a["state"] != "pending")?;
     assert_eq!(a["state"], "expired", "{a}");
     assert_eq!(a["decided_by"], "timeout", "{a}");
