@@ -1003,6 +1003,19 @@ impl State {
     /// grants past their TTL, which leave `ENF_GRANTS`. Each one is an `expired` event.
     fn expire_approvals(&mut self) {
         let now = self.clock.boot_now();
+        // Drops that never happened (the thread was killed, or its send went elsewhere) leave
+        // their entry behind: without this sweep the map would fill up.
+        let stale: Vec<u64> = self
+            .maps
+            .verdict
+            .iter()
+            .filter_map(|e| e.ok())
+            .filter(|(_, deadline)| *deadline < now)
+            .map(|(k, _)| k)
+            .collect();
+        for k in stale {
+            let _ = self.maps.verdict.remove(&k);
+        }
         for i in 0..self.approvals.len() {
             let a = &self.approvals[i];
             match a.state {
@@ -1085,11 +1098,13 @@ impl State {
                 ApprovalState::Denied
             };
             if a.held {
-                // The stopped write resumes into a dropped send (0: during the write).
-                let _ = self
-                    .maps
-                    .verdict
-                    .insert(&(((a.tgid as u64) << 32) | a.tid as u64), &0, 0);
+                // The stopped write resumes into a dropped send (a stopped process may take a
+                // moment to be scheduled: a longer deadline than the kernel's).
+                let _ = self.maps.verdict.insert(
+                    &(((a.tgid as u64) << 32) | a.tid as u64),
+                    &(now_boot + 4 * enf::VERDICT_TTL_NS),
+                    0,
+                );
             }
         }
         a.decided_at = Some(now);

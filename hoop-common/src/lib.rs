@@ -291,6 +291,9 @@ pub mod enf {
         h
     }
 
+    /// How long a denied write's record may still be sent (`ENF_VERDICT` deadlines).
+    pub const VERDICT_TTL_NS: u64 = 500_000_000;
+
     /// Length of every AWS access key id (`AKIA`/`ASIA` + 16).
     pub const AKID_LEN: usize = 20;
 

@@ -60,13 +60,15 @@ static ENF_AKIDS: HashMap<u64, RuleMask> = HashMap::with_max_entries(16384, 0);
 static ENF_GRANTS: HashMap<GrantKey, u64> = HashMap::with_max_entries(4096, 0);
 #[map]
 static ENF_PENDING: LruHashMap<u64, PendingReq> = LruHashMap::with_max_entries(16384, 0);
-/// pid_tgid -> a denied write's send is to be dropped: 0 while the SSL_write runs, then (the
-/// write returned without sending: a memory BIO, as in Node) the boot-time deadline by which
-/// the thread's next send carries it. The first send dropped consumes the entry.
+/// pid_tgid -> a denied write's send is to be dropped: the boot-time deadline by which the
+/// thread sends it (inside the SSL_write, or after it returns for a memory BIO, as in Node).
+/// The first send dropped consumes the entry; one left by a killed thread expires, so a reused
+/// thread id is not affected (the agent sweeps expired entries).
 #[map]
 static ENF_VERDICT: HashMap<u64, u64> = HashMap::with_max_entries(16384, 0);
-/// How long after a memory-BIO write returns its denied record may still be sent.
-const DEFERRED_DROP_NS: u64 = 500_000_000;
+/// How long after the decision (or after a memory-BIO write returns) the denied record may
+/// still be sent.
+const DEFERRED_DROP_NS: u64 = enf::VERDICT_TTL_NS;
 #[map]
 static ENF_SOCKS: SockHash<u64> = SockHash::with_max_entries(65536, 0);
 #[map]
@@ -928,7 +930,8 @@ fn event(req: &Req, who: &Caller, rule: u32, key: u64, outcome: u8) {
 
 #[inline(always)]
 fn block(ctx: &ProbeContext, who: &Caller) {
-    let _ = ENF_VERDICT.insert(&who.id, &0, 0);
+    let deadline = unsafe { bpf_ktime_get_boot_ns() } + DEFERRED_DROP_NS;
+    let _ = ENF_VERDICT.insert(&who.id, &deadline, 0);
     // The send fails, so the return probe emits nothing: record the request here.
     let args = CallArgs {
         ssl: who.ssl,
@@ -1465,16 +1468,14 @@ fn body(p: &PendingReq, base: u64, len: u64) -> Option<Req> {
 /// recorded it).
 pub fn on_write_return() -> bool {
     let id = bpf_get_current_pid_tgid();
-    // SAFETY: value copied out.
-    match unsafe { ENF_VERDICT.get(&id) }.copied() {
-        Some(0) => {
-            let deadline = unsafe { bpf_ktime_get_boot_ns() } + DEFERRED_DROP_NS;
-            let _ = ENF_VERDICT.insert(&id, &deadline, 0);
-            true
-        }
-        // A deferred drop from an earlier write still waits for its send (or its deadline).
-        Some(_) | None => false,
+    // SAFETY: plain lookup. Still there: the write sent nothing (a send would have consumed
+    // it); its record goes out after the return, within a fresh deadline.
+    if unsafe { ENF_VERDICT.get(&id) }.is_none() {
+        return false;
     }
+    let deadline = unsafe { bpf_ktime_get_boot_ns() } + DEFERRED_DROP_NS;
+    let _ = ENF_VERDICT.insert(&id, &deadline, 0);
+    true
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1511,7 +1512,7 @@ pub fn hoop_sk_msg(_ctx: SkMsgContext) -> u32 {
         return 1; // SK_PASS
     };
     let _ = ENF_VERDICT.remove(&id);
-    if v != 0 && unsafe { bpf_ktime_get_boot_ns() } > v {
+    if unsafe { bpf_ktime_get_boot_ns() } > v {
         return 1;
     }
     stat(enf::STAT_DROPS, 1);
