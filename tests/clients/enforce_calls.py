@@ -11,10 +11,10 @@ once; HOST may be an IPv6 address; a denied connect fails with PermissionError, 
 import json
 import os
 import socket
-import sys
 import time
 
 import boto3
+import steps
 from botocore.config import Config
 
 endpoint = os.environ["HOOP_ENDPOINT"]
@@ -75,13 +75,4 @@ def run(step):
         raise SystemExit(f"unknown step {step}")
 
 
-for step in sys.argv[1:]:
-    t = time.monotonic()
-    try:
-        run(step)
-        res = {"step": step, "ok": True}
-    except Exception as e:  # noqa: BLE001 - the test wants every failure reported
-        res = {"step": step, "ok": False, "error": f"{type(e).__name__}: {e}"}
-    res["ms"] = round((time.monotonic() - t) * 1000, 1)
-    res["pid"] = os.getpid()
-    print(json.dumps(res), flush=True)
+steps.main(run)

@@ -24,10 +24,9 @@ CloudWatch, which botocore speaks over Smithy RPC v2 CBOR (`POST /service/.../op
 import json
 import os
 import socket
-import sys
-import time
 
 import boto3
+import steps
 import urllib3
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -127,13 +126,4 @@ def run(step):
         raise SystemExit(f"unknown step {step}")
 
 
-for step in sys.argv[1:]:
-    t = time.monotonic()
-    try:
-        run(step)
-        res = {"step": step, "ok": True}
-    except Exception as e:  # noqa: BLE001 - the test wants every failure reported
-        res = {"step": step, "ok": False, "error": f"{type(e).__name__}: {e}"}
-    res["ms"] = round((time.monotonic() - t) * 1000, 1)
-    res["pid"] = os.getpid()
-    print(json.dumps(res), flush=True)
+steps.main(run)

@@ -617,6 +617,25 @@ impl Drop for LinkLocal {
     }
 }
 
+/// What the credential endpoints serve for a test (`tests/clients/credential_endpoints.py`):
+/// the node's role and instance, the ECS task role, the Pod Identity token, and one set of
+/// temporary keys per endpoint (`imds`, `imds6`, `ecs`, `pod`), unique to `id`.
+pub fn credential_endpoint_spec(id: u32) -> Value {
+    let n = |tag: &str| format!("{tag}{:016X}", (id as u64) * 2_654_435_761 % (1 << 60));
+    serde_json::json!({
+        "role": format!("hoop-node-role-{id}"),
+        "account": "210987654321",
+        "instance": format!("i-0{:016x}", id),
+        "ecs_path": format!("/v2/credentials/hoop-{id}"),
+        "ecs_role_arn": format!("arn:aws:iam::210987654321:role/hoop-task-{id}"),
+        "pod_token": format!("pod-identity-token-{id}"),
+        "imds": {"key": n("ASIAIMDS"), "secret": format!("imdsSECRET{id}xxxxxxxxxxxxxxxxxxxx"), "token": format!("IQoJimdsTOKEN{id}")},
+        "imds6": {"key": n("ASIAIMD6"), "secret": format!("imd6SECRET{id}xxxxxxxxxxxxxxxxxxxx"), "token": format!("IQoJimd6TOKEN{id}")},
+        "ecs": {"key": n("ASIAECSS"), "secret": format!("ecssSECRET{id}xxxxxxxxxxxxxxxxxxxx"), "token": format!("IQoJecssTOKEN{id}")},
+        "pod": {"key": n("ASIAPODI"), "secret": format!("podiSECRET{id}xxxxxxxxxxxxxxxxxxxx"), "token": format!("IQoJpodiTOKEN{id}")},
+    })
+}
+
 /// Serves the plain-HTTP credential endpoints (`tests/clients/credential_endpoints.py`: IMDS on
 /// IPv4 and IPv6, ECS, Pod Identity) with the keys in `spec`, on the addresses [`LinkLocal`]
 /// adds; stopped when the guard drops.

@@ -356,16 +356,7 @@ fn hot_reload_adds_then_removes_a_rule() -> anyhow::Result<()> {
 fn imds_denied_to_a_cgroup_keeps_the_node_role_from_it() -> anyhow::Result<()> {
     let _ll = LinkLocal::add()?;
     let id = std::process::id();
-    let keys = |tag: &str| serde_json::json!({"key": format!("ASIA{tag}{:012}", id), "secret": format!("{tag}secret{id}xxxxxxxxxxxxxxxxxxxxxx"), "token": format!("IQoJ{tag}{id}")});
-    let spec = serde_json::json!({
-        "role": format!("hoop-node-role-{id}"),
-        "account": "210987654321",
-        "instance": format!("i-0{:016x}", id),
-        "ecs_path": format!("/v2/credentials/hoop-{id}"),
-        "ecs_role_arn": format!("arn:aws:iam::210987654321:role/hoop-task-{id}"),
-        "pod_token": format!("pod-identity-token-{id}"),
-        "imds": keys("IMDS"), "imds6": keys("IMD6"), "ecs": keys("ECSS"), "pod": keys("PODI"),
-    });
+    let spec = credential_endpoint_spec(id);
     let _server = serve_credential_endpoints(&spec)?;
     let cg = Cgroup::new("imds-deny")?;
     let _enf = start(&format!(

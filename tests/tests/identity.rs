@@ -364,19 +364,7 @@ const LIST_BUCKETS_SCRIPT: &str = "import boto3, os\n\
 fn credential_endpoint_keys_are_attributed_to_their_principals() -> anyhow::Result<()> {
     let _ll = LinkLocal::add()?;
     let id = std::process::id();
-    let n = |tag: &str| format!("{tag}{:016X}", (id as u64) * 2_654_435_761 % (1 << 60));
-    let spec = serde_json::json!({
-        "role": format!("hoop-node-role-{id}"),
-        "account": "210987654321",
-        "instance": format!("i-0{:016x}", id),
-        "ecs_path": format!("/v2/credentials/hoop-{id}"),
-        "ecs_role_arn": format!("arn:aws:iam::210987654321:role/hoop-task-{id}"),
-        "pod_token": format!("pod-identity-token-{id}"),
-        "imds": {"key": n("ASIAIMDS"), "secret": format!("imdsSECRET{id}xxxxxxxxxxxxxxxxxxxx"), "token": format!("IQoJimdsTOKEN{id}")},
-        "imds6": {"key": n("ASIAIMD6"), "secret": format!("imd6SECRET{id}xxxxxxxxxxxxxxxxxxxx"), "token": format!("IQoJimd6TOKEN{id}")},
-        "ecs": {"key": n("ASIAECSS"), "secret": format!("ecssSECRET{id}xxxxxxxxxxxxxxxxxxxx"), "token": format!("IQoJecssTOKEN{id}")},
-        "pod": {"key": n("ASIAPODI"), "secret": format!("podiSECRET{id}xxxxxxxxxxxxxxxxxxxx"), "token": format!("IQoJpodiTOKEN{id}")},
-    });
+    let spec = credential_endpoint_spec(id);
     let _server = serve_credential_endpoints(&spec)?;
 
     let emu = Emulator::start()?;
