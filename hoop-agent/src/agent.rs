@@ -435,6 +435,21 @@ impl EventLoop {
     }
 
     /// Masks (in place), stores, counts and prints one record.
+    /// [`Self::deliver`], then tells the enforcer which approval the stored record raised or
+    /// used.
+    fn deliver_noted(
+        &mut self,
+        rec: &mut CallRecord,
+        note: Option<crate::enforce::Note>,
+        sink: &mut Sink,
+    ) -> Result<()> {
+        self.deliver(rec, sink)?;
+        if let (Some(n), Some(e)) = (note, self.enforcer.as_mut()) {
+            e.recorded(n, rec);
+        }
+        Ok(())
+    }
+
     fn deliver(&mut self, rec: &mut CallRecord, sink: &mut Sink) -> Result<()> {
         self.store(rec);
         self.metrics.call(
@@ -578,10 +593,7 @@ impl EventLoop {
                     ex.response_ts,
                 )
             });
-            self.deliver(&mut rec, sink)?;
-            if let (Some(n), Some(e)) = (note, self.enforcer.as_mut()) {
-                e.recorded(n, &rec);
-            }
+            self.deliver_noted(&mut rec, note, sink)?;
         }
         // Blocked requests that never got an exchange are calls too: masked and stored
         // like every other record (the access review counts denied calls).
@@ -592,10 +604,7 @@ impl EventLoop {
             .unwrap_or_default();
         for (mut rec, note) in expired {
             self.resolve_bare(&mut rec);
-            self.deliver(&mut rec, sink)?;
-            if let (Some(n), Some(e)) = (note, self.enforcer.as_mut()) {
-                e.recorded(n, &rec);
-            }
+            self.deliver_noted(&mut rec, note, sink)?;
         }
         let events = self
             .enforcer

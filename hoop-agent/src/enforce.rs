@@ -457,6 +457,7 @@ fn policy_loop(state: Shared, path: Option<PathBuf>, mut mtime: Option<SystemTim
         }
         st.refresh_workloads();
         st.expire_approvals();
+        st.sweep_verdicts();
         st.check_busy();
     }
 }
@@ -998,13 +999,10 @@ impl State {
         (n, busy)
     }
 
-    /// Ends what has run out of time: pending requests past their timeout (`hold_timeout`
-    /// for held callers, which resume into a failed send; `request_timeout` otherwise) and
-    /// grants past their TTL, which leave `ENF_GRANTS`. Each one is an `expired` event.
-    fn expire_approvals(&mut self) {
+    /// Removes verdicts past their deadline: a drop that never happened (the thread was
+    /// killed, or never sent) leaves its entry, and the map would fill up.
+    fn sweep_verdicts(&mut self) {
         let now = self.clock.boot_now();
-        // Drops that never happened (the thread was killed, or its send went elsewhere) leave
-        // their entry behind: without this sweep the map would fill up.
         let stale: Vec<u64> = self
             .maps
             .verdict
@@ -1016,6 +1014,13 @@ impl State {
         for k in stale {
             let _ = self.maps.verdict.remove(&k);
         }
+    }
+
+    /// Ends what has run out of time: pending requests past their timeout (`hold_timeout`
+    /// for held callers, which resume into a failed send; `request_timeout` otherwise) and
+    /// grants past their TTL, which leave `ENF_GRANTS`. Each one is an `expired` event.
+    fn expire_approvals(&mut self) {
+        let now = self.clock.boot_now();
         for i in 0..self.approvals.len() {
             let a = &self.approvals[i];
             match a.state {

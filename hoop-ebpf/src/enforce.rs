@@ -35,8 +35,8 @@ use aya_ebpf::{
 };
 use hoop_common::DIR_WRITE;
 use hoop_common::{
-    Cands, DecisionEvent, EndpointKey, EndpointVal, EnforceConfig, GrantKey, PendingReq, RuleDef,
-    RuleMask,
+    Cands, DecisionEvent, EndpointKey, EndpointRef, EndpointVal, EnforceConfig, GrantKey,
+    PendingReq, RuleDef, RuleMask,
     enf::{self, FNV_OFFSET, SCAN_BYTES, fnv_byte},
 };
 
@@ -66,9 +66,6 @@ static ENF_PENDING: LruHashMap<u64, PendingReq> = LruHashMap::with_max_entries(1
 /// thread id is not affected (the agent sweeps expired entries).
 #[map]
 static ENF_VERDICT: HashMap<u64, u64> = HashMap::with_max_entries(16384, 0);
-/// How long after the decision (or after a memory-BIO write returns) the denied record may
-/// still be sent.
-const DEFERRED_DROP_NS: u64 = enf::VERDICT_TTL_NS;
 #[map]
 static ENF_SOCKS: SockHash<u64> = SockHash::with_max_entries(65536, 0);
 #[map]
@@ -930,7 +927,7 @@ fn event(req: &Req, who: &Caller, rule: u32, key: u64, outcome: u8) {
 
 #[inline(always)]
 fn block(ctx: &ProbeContext, who: &Caller) {
-    let deadline = unsafe { bpf_ktime_get_boot_ns() } + DEFERRED_DROP_NS;
+    let deadline = unsafe { bpf_ktime_get_boot_ns() } + enf::VERDICT_TTL_NS;
     let _ = ENF_VERDICT.insert(&who.id, &deadline, 0);
     // The send fails, so the return probe emits nothing: record the request here.
     let args = CallArgs {
@@ -1460,12 +1457,11 @@ fn body(p: &PendingReq, base: u64, len: u64) -> Option<Req> {
     Some(req)
 }
 
-/// Called from the `SSL_write*` return probes: a blocked write is over.
+/// Called from the `SSL_write*` return probes. Returns true when the write was denied but
+/// nothing was sent yet: the TLS library wrote the record to a memory BIO (Node) and sends it
+/// after returning. The thread's next send is then dropped (within `enf::VERDICT_TTL_NS`), and
+/// the write must not be recorded again (`block` recorded it).
 #[inline(always)]
-/// Returns true when the write was denied but nothing was sent yet: the TLS library wrote the
-/// record to a memory BIO (Node) and sends it after returning. The thread's next send is then
-/// dropped (within `DEFERRED_DROP_NS`), and the write must not be recorded again (`block`
-/// recorded it).
 pub fn on_write_return() -> bool {
     let id = bpf_get_current_pid_tgid();
     // SAFETY: plain lookup. Still there: the write sent nothing (a send would have consumed
@@ -1473,7 +1469,7 @@ pub fn on_write_return() -> bool {
     if unsafe { ENF_VERDICT.get(&id) }.is_none() {
         return false;
     }
-    let deadline = unsafe { bpf_ktime_get_boot_ns() } + DEFERRED_DROP_NS;
+    let deadline = unsafe { bpf_ktime_get_boot_ns() } + enf::VERDICT_TTL_NS;
     let _ = ENF_VERDICT.insert(&id, &deadline, 0);
     true
 }
@@ -1518,8 +1514,6 @@ pub fn hoop_sk_msg(_ctx: SkMsgContext) -> u32 {
     stat(enf::STAT_DROPS, 1);
     0 // SK_DROP
 }
-
-use hoop_common::EndpointRef;
 
 /// tgid -> the endpoint rules (bit = endpoint index) whose `exe` selectors include it.
 #[map]

@@ -256,14 +256,20 @@ pub fn ssl_write(ctx: ProbeContext) -> u32 {
     0
 }
 
-#[uretprobe]
-pub fn ssl_write_ret(ctx: RetProbeContext) -> u32 {
+/// The end of an `SSL_write*`: the write is recorded, unless enforcement denied it (then
+/// `block` recorded it; with a memory BIO its record goes out after the return).
+#[inline(always)]
+fn write_return(ctx: &RetProbeContext, ex: bool) {
     if enforce::on_write_return() {
-        // Denied and already recorded; its record goes out after the return (memory BIO).
         let _ = WRITE_ARGS.remove(&bpf_get_current_pid_tgid());
     } else {
-        finish(&ctx, &WRITE_ARGS, false, DIR_WRITE);
+        finish(ctx, &WRITE_ARGS, ex, DIR_WRITE);
     }
+}
+
+#[uretprobe]
+pub fn ssl_write_ret(ctx: RetProbeContext) -> u32 {
+    write_return(&ctx, false);
     0
 }
 
@@ -276,12 +282,7 @@ pub fn ssl_write_ex(ctx: ProbeContext) -> u32 {
 
 #[uretprobe]
 pub fn ssl_write_ex_ret(ctx: RetProbeContext) -> u32 {
-    if enforce::on_write_return() {
-        // Denied and already recorded; its record goes out after the return (memory BIO).
-        let _ = WRITE_ARGS.remove(&bpf_get_current_pid_tgid());
-    } else {
-        finish(&ctx, &WRITE_ARGS, true, DIR_WRITE);
-    }
+    write_return(&ctx, true);
     0
 }
 

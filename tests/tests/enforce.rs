@@ -566,26 +566,10 @@ fn hold_pauses_the_caller_until_approved() -> anyhow::Result<()> {
     let client = Bg::start(&emu, &key, &[format!("delete-bucket:{b}")])?;
     let pid = client.pid();
     // Stopped in the kernel (SIGSTOP from the SSL_write probe): state T.
-    let start_t = Instant::now();
-    while proc_state(pid) != Some('T') {
-        anyhow::ensure!(
-            start_t.elapsed() < WAIT,
-            "client never stopped: state {:?}",
-            proc_state(pid)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let id = loop {
-        let l = cli(&enf.socket, &["list"])?;
-        if let Some(a) = l["approvals"].as_array().and_then(|a| {
-            a.iter()
-                .find(|a| a["pid"] == pid && a["state"] == "pending" && a["held"] == true)
-        }) {
-            break a["id"].as_u64().unwrap_or(0);
-        }
-        anyhow::ensure!(start_t.elapsed() < WAIT, "no held approval: {l}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    wait_stopped(pid)?;
+    let id = wait_pending(&enf, pid)?;
+    let a = wait_listed(&enf, id, |a| a["held"] == true)?;
+    assert_eq!(a["held"], true, "a held approval: {a}");
     // Still paused while nobody decides.
     std::thread::sleep(Duration::from_millis(1000));
     assert_eq!(proc_state(pid), Some('T'), "paused until a decision");
@@ -725,6 +709,20 @@ fn first_attempt(emu: &Emulator, enf: &Enf, key: &str, b: &str) -> anyhow::Resul
     let (pid, first) = calls(emu, Some(key), None, &[format!("delete-bucket:{b}")])?;
     assert!(first[0]["ok"] == false, "first attempt blocked: {first:?}");
     Ok((pid, wait_pending(enf, pid)?))
+}
+
+/// Waits until `pid` is stopped (SIGSTOP from the `SSL_write` probe of a `hold` rule).
+fn wait_stopped(pid: u32) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while proc_state(pid) != Some('T') {
+        anyhow::ensure!(
+            start.elapsed() < WAIT,
+            "client never stopped: state {:?}",
+            proc_state(pid)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 fn wait_pending(enf: &Enf, pid: u32) -> anyhow::Result<u64> {
@@ -1013,14 +1011,7 @@ fn approval_hold_times_out_and_the_held_call_fails() -> anyhow::Result<()> {
     let client = Bg::start(&emu, &key, &[format!("delete-bucket:{b}")])?;
     let pid = client.pid();
     let start_t = Instant::now();
-    while proc_state(pid) != Some('T') {
-        anyhow::ensure!(
-            start_t.elapsed() < WAIT,
-            "client never stopped: state {:?}",
-            proc_state(pid)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_stopped(pid)?;
     let id = wait_pending(&enf, pid)?;
     // Nobody decides: after hold_timeout the caller resumes and its call fails, unsent.
     let res = client.finish()?;
